@@ -1,0 +1,28 @@
+//! netbird-agent: a NetBird-compatible peer agent for Linux.
+//!
+//! The shape follows `ARCHITECTURE.md`: a pure engine fed by events, thin OS adapters, and
+//! protocol clients at the edge. See the module docs for each concern.
+
+pub mod config;
+pub mod crypto;
+pub mod engine;
+pub mod mgmt;
+pub mod system;
+#[cfg(feature = "testbed")]
+pub mod testbed;
+
+/// Generated protobuf types and gRPC stubs, wire-compatible with NetBird's.
+pub mod proto {
+    /// `management` package: the management service and its messages.
+    #[allow(clippy::all, missing_docs)]
+    pub mod management {
+        tonic::include_proto!("management");
+    }
+}
+
+/// The upstream NetBird release whose protocol behaviour this agent implements. Reported as
+/// `netbirdVersion`: management parses it as semver and gates features on it.
+pub const UPSTREAM_COMPAT_VERSION: &str = "0.77.1";
+
+/// This agent's own version.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -4,6 +4,9 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+pub mod exit;
+pub mod register;
+
 /// NetBird-compatible peer agent for Linux.
 #[derive(Debug, Parser)]
 #[command(name = "netbird-agent", version, about, propagate_version = true)]
@@ -18,6 +21,8 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Log in (registering with a setup key if needed), fetch the NetworkMap and print a summary.
+    Register(register::RegisterArgs),
 }
 
 /// Sets up logging to stderr in a form journald keeps.
@@ -34,5 +39,7 @@ pub fn init_logging(level: &str) {
 /// Runs the parsed command and maps its result to an exit code.
 pub fn run(cli: Cli) -> ExitCode {
     init_logging(&cli.log_level);
-    match cli.command {}
+    match cli.command {
+        Command::Register(a) => register::run(a),
+    }
 }

@@ -2,6 +2,7 @@
 //! diffs maps into the smallest set of changes. No sockets, files or clocks in here.
 
 pub mod map;
+pub mod summary;
 
 use crate::crypto::PublicKey;
 use crate::proto::management as pb;

@@ -253,3 +253,6 @@ fn flatten_checks(checks: &[pb::Checks]) -> Vec<String> {
         .cloned()
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

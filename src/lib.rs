@@ -3,6 +3,7 @@
 //! The shape follows `ARCHITECTURE.md`: a pure engine fed by events, thin OS adapters, and
 //! protocol clients at the edge. See the module docs for each concern.
 
+pub mod agent;
 pub mod config;
 pub mod crypto;
 pub mod engine;
@@ -17,6 +18,11 @@ pub mod proto {
     #[allow(clippy::all, missing_docs)]
     pub mod management {
         tonic::include_proto!("management");
+    }
+    /// `daemon` package: the local daemon API the CLI talks to over the unix socket.
+    #[allow(clippy::all, missing_docs)]
+    pub mod daemon {
+        tonic::include_proto!("daemon");
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod config;
 pub mod crypto;
+pub mod daemon;
 pub mod engine;
 pub mod mgmt;
 pub mod system;

@@ -6,10 +6,10 @@ pub mod status;
 
 use crate::config::Config;
 use crate::engine::{Engine, MapDiff, NetworkState, ServicesConfig, SyncOutcome};
-use crate::mgmt::{run_sync, LoginError, LoginParams, MgmtClient, MgmtState};
 use crate::mgmt::backoff::Backoff;
+use crate::mgmt::{run_sync, LoginError, LoginParams, MgmtClient, MgmtState};
 use crate::system::{build_meta, probe_files, HostFacts, MetaOptions};
-pub use status::{AgentState, ConnStatus, PeerStatus, ServiceStatus, StatusSnapshot};
+pub use status::{AgentState, ConnStatus, NetworkInfo, PeerStatus, ServiceStatus, StatusSnapshot};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
@@ -19,7 +19,12 @@ use tokio::task::JoinHandle;
 /// calls it with each applied map; implementations do their own IO.
 pub trait DataPlane: Send {
     /// Brings the host in line with `state`; `diff` says what changed since the last call.
-    fn apply(&mut self, state: &NetworkState, diff: &MapDiff, services: &ServicesConfig) -> Result<(), String>;
+    fn apply(
+        &mut self,
+        state: &NetworkState,
+        diff: &MapDiff,
+        services: &ServicesConfig,
+    ) -> Result<(), String>;
     /// Fills connection details (state, path, handshake, bytes) into the peer entries.
     fn fill_peer_status(&self, peers: &mut [PeerStatus]);
     /// Signal and relay connection lines for status.
@@ -51,7 +56,8 @@ impl DataPlane for RecordingDataPlane {
 }
 
 /// Builds a data plane for a config; called on each (re)start of the connect loop.
-pub type DataPlaneFactory = Arc<dyn Fn(&Config) -> Result<Box<dyn DataPlane>, String> + Send + Sync>;
+pub type DataPlaneFactory =
+    Arc<dyn Fn(&Config) -> Result<Box<dyn DataPlane>, String> + Send + Sync>;
 
 /// A running connect loop.
 pub struct Agent {
@@ -101,7 +107,12 @@ impl Agent {
     }
 }
 
-fn meta_for(cfg: &Config, facts: &HostFacts, overlay: Option<std::net::IpAddr>, files: Vec<crate::proto::management::File>) -> crate::proto::management::PeerSystemMeta {
+fn meta_for(
+    cfg: &Config,
+    facts: &HostFacts,
+    overlay: Option<std::net::IpAddr>,
+    files: Vec<crate::proto::management::File>,
+) -> crate::proto::management::PeerSystemMeta {
     build_meta(
         facts,
         &MetaOptions {
@@ -118,24 +129,46 @@ fn to_system_time(t: &prost_types::Timestamp) -> Option<SystemTime> {
         return None;
     }
     let secs = u64::try_from(t.seconds).ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(u64::try_from(t.nanos).unwrap_or(0)))
+    Some(
+        UNIX_EPOCH
+            + Duration::from_secs(secs)
+            + Duration::from_nanos(u64::try_from(t.nanos).unwrap_or(0)),
+    )
 }
 
-fn refresh_status(
-    snap: &mut StatusSnapshot,
-    engine: &Engine,
-    dp: Option<&dyn DataPlane>,
-) {
+fn refresh_status(snap: &mut StatusSnapshot, engine: &Engine, dp: Option<&dyn DataPlane>) {
     if let Some(st) = engine.state() {
         snap.ip = st.peer.address.map(|a| a.to_string()).unwrap_or_default();
         snap.fqdn = st.peer.fqdn.clone();
         snap.forwarding_rules = st.forwarding_rules.len();
+        let mut networks: Vec<NetworkInfo> = Vec::new();
+        for r in &st.routes {
+            if networks.iter().any(|n| n.id == r.net_id) {
+                continue;
+            }
+            let (range, domains) = match &r.target {
+                crate::engine::map::RouteTarget::Network(n) => (n.to_string(), Vec::new()),
+                crate::engine::map::RouteTarget::Domains(d) => (String::new(), d.clone()),
+            };
+            networks.push(NetworkInfo {
+                id: r.net_id.clone(),
+                range,
+                domains,
+                skip_auto_apply: r.skip_auto_apply,
+            });
+        }
+        networks.sort_by(|a, b| a.id.cmp(&b.id));
+        snap.networks = networks;
         let mut peers: Vec<PeerStatus> = st
             .peers
             .values()
             .chain(st.offline_peers.values())
             .map(|p| {
-                let ip = p.allowed_ips.first().map(|n| n.addr().to_string()).unwrap_or_default();
+                let ip = p
+                    .allowed_ips
+                    .first()
+                    .map(|n| n.addr().to_string())
+                    .unwrap_or_default();
                 let mut s = PeerStatus::idle(p.key, ip, p.fqdn.clone());
                 // Keep the time of the last state change across refreshes.
                 if let Some(prev) = snap.peers.iter().find(|o| o.key == p.key) {
@@ -168,10 +201,25 @@ enum LoginStep {
     Stop(AgentState, String, bool),
 }
 
-async fn login_step(client: &MgmtClient, cfg: &Config, facts: &HostFacts, was_connected: bool) -> LoginStep {
-    match client.login(meta_for(cfg, facts, None, Vec::new()), &LoginParams::default()).await {
+async fn login_step(
+    client: &MgmtClient,
+    cfg: &Config,
+    facts: &HostFacts,
+    was_connected: bool,
+) -> LoginStep {
+    match client
+        .login(
+            meta_for(cfg, facts, None, Vec::new()),
+            &LoginParams::default(),
+        )
+        .await
+    {
         Ok(r) => LoginStep::Ok(Box::new(r)),
-        Err(e @ (LoginError::NeedsLogin(_) | LoginError::LoginExpired(_) | LoginError::PendingApproval(_))) => {
+        Err(
+            e @ (LoginError::NeedsLogin(_)
+            | LoginError::LoginExpired(_)
+            | LoginError::PendingApproval(_)),
+        ) => {
             let state = if was_connected && matches!(e, LoginError::LoginExpired(_)) {
                 AgentState::SessionExpired
             } else {
@@ -214,7 +262,10 @@ async fn connect_loop(
             LoginStep::Ok(l) => l,
             LoginStep::Retry(err) => {
                 let wait = backoff.next_wait();
-                tracing::warn!("login failed: {err}; retrying in {:.1}s", wait.as_secs_f64());
+                tracing::warn!(
+                    "login failed: {err}; retrying in {:.1}s",
+                    wait.as_secs_f64()
+                );
                 status.send_modify(|s| {
                     s.management.connected = false;
                     s.management.error = err;
@@ -249,7 +300,17 @@ async fn connect_loop(
                 return;
             }
         };
-        match run_session(&client, &cfg, &facts, &mut engine, dp.as_mut(), &status, &mut stop).await {
+        match run_session(
+            &client,
+            &cfg,
+            &facts,
+            &mut engine,
+            dp.as_mut(),
+            &status,
+            &mut stop,
+        )
+        .await
+        {
             SessionEnd::Stopped => {
                 dp.teardown();
                 status.send_modify(|s| {
@@ -269,7 +330,11 @@ async fn connect_loop(
                 let expired = reason.contains("expired");
                 tracing::warn!("management ended the session: {reason}");
                 status.send_modify(|s| {
-                    s.state = if expired { AgentState::SessionExpired } else { AgentState::NeedsLogin };
+                    s.state = if expired {
+                        AgentState::SessionExpired
+                    } else {
+                        AgentState::NeedsLogin
+                    };
                     s.management.connected = false;
                     s.management.error = reason;
                     s.peers.clear();
@@ -299,7 +364,12 @@ async fn run_session(
     let (mstate_tx, mut mstate) = watch::channel(MgmtState::Idle);
     let files = probe_files(engine.checks());
     let meta = meta_for(cfg, facts, None, files);
-    let sync_task = tokio::spawn(run_sync(client.clone(), move || meta.clone(), tx, mstate_tx));
+    let sync_task = tokio::spawn(run_sync(
+        client.clone(),
+        move || meta.clone(),
+        tx,
+        mstate_tx,
+    ));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_checks: Vec<String> = engine.checks().to_vec();
     let end = loop {
@@ -388,4 +458,3 @@ async fn run_session(
     sync_task.abort();
     end
 }
-

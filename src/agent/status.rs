@@ -160,6 +160,21 @@ pub struct StatusSnapshot {
     pub session_expires_at: Option<SystemTime>,
     /// Number of forwarding rules.
     pub forwarding_rules: usize,
-    /// Peer approval pending: the map is empty until an admin approves.
+    /// The SSO user is pending approval by an administrator.
     pub pending_approval: bool,
+    /// Networks (routes) offered to this peer, one per HA group.
+    pub networks: Vec<NetworkInfo>,
+}
+
+/// A network (route HA group) offered to this peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkInfo {
+    /// Network id (the route's NetID).
+    pub id: String,
+    /// Prefix, or empty for DNS routes.
+    pub range: String,
+    /// Domains of a DNS route.
+    pub domains: Vec<String>,
+    /// Not auto-applied (exit nodes) unless selected.
+    pub skip_auto_apply: bool,
 }

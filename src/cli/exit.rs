@@ -38,3 +38,11 @@ pub fn code_for_login(e: &LoginError) -> u8 {
         LoginError::Rejected(_) => GENERAL,
     }
 }
+/// The daemon is not running or its socket is missing.
+pub const DAEMON_UNAVAILABLE: u8 = 8;
+/// The caller may not do this (not root nor in the admin group, or the socket refuses us).
+pub const PERMISSION: u8 = 9;
+/// Already in the requested state (`up` while connected).
+pub const ALREADY: u8 = 10;
+/// Not possible in the current state (`down` while not up).
+pub const STATE: u8 = 11;

@@ -4,8 +4,15 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+pub mod common;
+pub mod daemon_run;
 pub mod exit;
+pub mod foreground;
 pub mod register;
+pub mod simple;
+pub mod status;
+pub mod status_view;
+pub mod up;
 
 /// NetBird-compatible peer agent for Linux.
 #[derive(Debug, Parser)]
@@ -21,25 +28,66 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Log in (registering with a setup key if needed), fetch the NetworkMap and print a summary.
+    /// Log in through the daemon (with a setup key or SSO) and connect.
+    Up(up::UpArgs),
+    /// Disconnect and remove the interface, routes, rules and DNS changes.
+    Down(simple::PlainArgs),
+    /// Show the connection state (add -d for peers).
+    Status(status::StatusArgs),
+    /// Log in or register through the daemon without connecting.
+    Login(up::LoginArgs),
+    /// Deregister this peer: the server deletes it.
+    #[command(alias = "deregister")]
+    Logout(simple::PlainArgs),
+    /// List and select the networks (routes) offered to this peer.
+    #[command(alias = "routes")]
+    Networks(simple::NetworksArgs),
+    /// Print the version.
+    Version,
+    /// Run the daemon in the foreground (what the service runs).
+    #[command(hide = true)]
+    Daemon(daemon_run::RunArgs),
+    /// Log in (registering with a setup key if needed), fetch the NetworkMap and print a summary,
+    /// without the daemon.
     Register(register::RegisterArgs),
 }
 
-/// Sets up logging to stderr in a form journald keeps.
-pub fn init_logging(level: &str) {
+/// Sets up logging to stderr in a form journald keeps (level, peer spans, no colours when not
+/// a terminal) and returns a handle that changes the filter at runtime.
+pub fn init_logging(level: &str) -> netbird_agent::daemon::LogControl {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
         .try_init();
+    std::sync::Arc::new(move |lvl: &str| {
+        let f = tracing_subscriber::EnvFilter::try_new(lvl).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    })
 }
 
 /// Runs the parsed command and maps its result to an exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    init_logging(&cli.log_level);
+    let log_control = init_logging(&cli.log_level);
     match cli.command {
+        Command::Up(a) => up::run(a),
+        Command::Down(a) => simple::run_down(a),
+        Command::Status(a) => status::run(a),
+        Command::Login(a) => up::run_login(a),
+        Command::Logout(a) => simple::run_logout(a),
+        Command::Networks(a) => simple::run_networks(a),
+        Command::Version => {
+            println!("{}", netbird_agent::AGENT_VERSION);
+            ExitCode::SUCCESS
+        }
+        Command::Daemon(a) => daemon_run::run(a, Some(log_control)),
         Command::Register(a) => register::run(a),
     }
 }

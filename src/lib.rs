@@ -7,8 +7,10 @@ pub mod agent;
 pub mod config;
 pub mod crypto;
 pub mod daemon;
+pub mod debug;
 pub mod engine;
 pub mod mgmt;
+pub mod status_view;
 pub mod system;
 #[cfg(feature = "testbed")]
 pub mod testbed;

@@ -6,12 +6,12 @@ use std::process::ExitCode;
 
 pub mod common;
 pub mod daemon_run;
+pub mod debug;
 pub mod exit;
 pub mod foreground;
 pub mod register;
 pub mod simple;
 pub mod status;
-pub mod status_view;
 pub mod up;
 
 /// NetBird-compatible peer agent for Linux.
@@ -42,6 +42,8 @@ pub enum Command {
     /// List and select the networks (routes) offered to this peer.
     #[command(alias = "routes")]
     Networks(simple::NetworksArgs),
+    /// Debug bundles and log levels.
+    Debug(debug::DebugArgs),
     /// Print the version.
     Version,
     /// Run the daemon in the foreground (what the service runs).
@@ -83,6 +85,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Login(a) => up::run_login(a),
         Command::Logout(a) => simple::run_logout(a),
         Command::Networks(a) => simple::run_networks(a),
+        Command::Debug(a) => debug::run(a),
         Command::Version => {
             println!("{}", netbird_agent::AGENT_VERSION);
             ExitCode::SUCCESS

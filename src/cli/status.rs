@@ -2,9 +2,9 @@
 
 use super::common::{self, DaemonAddr};
 use super::exit;
-use super::status_view::{build, render_text, Filters};
 use clap::Args;
 use netbird_agent::proto::daemon as dpb;
+use netbird_agent::status_view::{build, render_text, Filters};
 use std::process::ExitCode;
 
 /// Arguments of `status`.

@@ -1,7 +1,7 @@
 //! The `status` output: a document with NetBird's JSON/YAML keys, and the text rendering.
 //! Pure functions from the daemon's StatusResponse, so they are unit-tested without a daemon.
 
-use netbird_agent::proto::daemon as dpb;
+use crate::proto::daemon as dpb;
 use serde::Serialize;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -246,7 +246,7 @@ pub fn build(resp: &dpb::StatusResponse, filters: &Filters) -> StatusOut {
             connected,
             details,
         },
-        cli_version: netbird_agent::AGENT_VERSION.into(),
+        cli_version: crate::AGENT_VERSION.into(),
         daemon_version: resp.daemon_version.clone(),
         daemon_status: resp.status.clone(),
         management: ConnOut {

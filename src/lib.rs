@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod debug;
 pub mod engine;
 pub mod mgmt;
+pub mod peer;
 pub mod status_view;
 pub mod system;
 #[cfg(feature = "testbed")]

@@ -12,6 +12,8 @@ pub mod foreground;
 pub mod register;
 pub mod simple;
 pub mod status;
+#[cfg(feature = "testbed")]
+pub mod testbed;
 pub mod up;
 
 /// NetBird-compatible peer agent for Linux.
@@ -52,6 +54,9 @@ pub enum Command {
     /// Log in (registering with a setup key if needed), fetch the NetworkMap and print a summary,
     /// without the daemon.
     Register(register::RegisterArgs),
+    /// Run the stand-in NetBird management server and admin API (testing and the lab).
+    #[cfg(feature = "testbed")]
+    Testbed(testbed::TestbedArgs),
 }
 
 /// Sets up logging to stderr in a form journald keeps (level, peer spans, no colours when not
@@ -92,5 +97,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Daemon(a) => daemon_run::run(a, Some(log_control)),
         Command::Register(a) => register::run(a),
+        #[cfg(feature = "testbed")]
+        Command::Testbed(a) => testbed::run(a),
     }
 }

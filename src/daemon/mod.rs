@@ -537,9 +537,34 @@ impl DaemonService for Daemon {
         req: Request<dpb::DebugBundleRequest>,
     ) -> Result<Response<dpb::DebugBundleResponse>, Status> {
         self.inner.opts.access.require_admin(&req)?;
-        Err(Status::unimplemented(
-            "debug bundles are not supported by this agent yet",
-        ))
+        let r = req.into_inner();
+        let snap = self.snapshot().await;
+        let status =
+            crate::status_view::build(&convert::status_response(&snap, true), &Default::default());
+        let input = crate::debug::BundleInput {
+            status_text: crate::status_view::render_text(
+                &status,
+                true,
+                std::time::SystemTime::now(),
+            ),
+            config: Config::load(&self.config_path()).ok(),
+            system_info: r.system_info,
+            anonymize: r.anonymize,
+        };
+        let dir = std::env::temp_dir();
+        let path = tokio::task::spawn_blocking(move || crate::debug::write_bundle(&dir, &input))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(dpb::DebugBundleResponse {
+            path: path.display().to_string(),
+            uploaded_key: String::new(),
+            upload_failure_reason: if r.upload_url.is_empty() {
+                String::new()
+            } else {
+                "uploading is not supported by this agent; send the local file instead".into()
+            },
+        }))
     }
 
     async fn get_log_level(

@@ -7,7 +7,7 @@ packages=(
   ca-certificates curl build-essential pkg-config
   iproute2 iputils-ping nftables iperf3 dnsutils
   wireguard-go wireguard-tools coturn
-  systemd dpkg-dev procps
+  systemd dpkg-dev procps bc
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -8,7 +8,18 @@ scripts/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
-cargo build --bins
-# Namespace tests share the machine: run test binaries one at a time, tests inside them in
-# parallel where they use their own namespaces.
-cargo test --all-targets -- --test-threads=2
+# Benchmarks compile and run once in test mode (no timing).
+cargo test --benches
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+# Namespace tests share the machine: at most two tests at a time.
+set +e
+RUST_TEST_THREADS=2 cargo test --lib --bins --tests 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | paste -sd+ - | bc)
+failed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | paste -sd+ - | bc)
+skipped=$(grep -c '^skipped:' "$log" || true)
+echo
+echo "summary: ${passed:-0} passed, ${failed:-0} failed, ${skipped:-0} skipped"
+exit "$status"

@@ -9,6 +9,8 @@ pub mod crypto;
 pub mod daemon;
 pub mod debug;
 pub mod engine;
+#[cfg(feature = "testbed")]
+pub mod lab;
 pub mod mgmt;
 pub mod peer;
 pub mod status_view;

@@ -9,6 +9,8 @@ pub mod daemon_run;
 pub mod debug;
 pub mod exit;
 pub mod foreground;
+#[cfg(feature = "testbed")]
+pub mod lab;
 pub mod register;
 pub mod simple;
 pub mod status;
@@ -57,6 +59,10 @@ pub enum Command {
     /// Run the stand-in NetBird management server and admin API (testing and the lab).
     #[cfg(feature = "testbed")]
     Testbed(testbed::TestbedArgs),
+    /// The built-in lab: testbed and agents behind NATs in network namespaces, a ping across
+    /// the tunnel (root).
+    #[cfg(feature = "testbed")]
+    Lab(lab::LabArgs),
 }
 
 /// Sets up logging to stderr in a form journald keeps (level, peer spans, no colours when not
@@ -99,5 +105,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Register(a) => register::run(a),
         #[cfg(feature = "testbed")]
         Command::Testbed(a) => testbed::run(a),
+        #[cfg(feature = "testbed")]
+        Command::Lab(a) => lab::run(a),
     }
 }

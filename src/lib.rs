@@ -4,6 +4,7 @@
 //! protocol clients at the edge. See the module docs for each concern.
 
 pub mod agent;
+pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod daemon;

@@ -69,8 +69,22 @@ pub struct DaemonOptions {
     pub auto_connect: bool,
 }
 
+/// An SSO login waiting for the user.
+enum PendingSso {
+    Device(crate::auth::device::DeviceCode),
+    Pkce(crate::auth::pkce::PkcePending),
+}
+
+struct SsoLogin {
+    flow: PendingSso,
+    client: MgmtClient,
+    meta: crate::proto::management::PeerSystemMeta,
+    dns_labels: Vec<String>,
+}
+
 struct Inner {
     opts: DaemonOptions,
+    sso: Mutex<Option<SsoLogin>>,
     agent: Mutex<Option<Agent>>,
     /// State when no agent runs (Idle, NeedsLogin after logout).
     idle_state: std::sync::Mutex<AgentState>,
@@ -90,6 +104,7 @@ impl Daemon {
         Daemon {
             inner: Arc::new(Inner {
                 opts,
+                sso: Mutex::new(None),
                 agent: Mutex::new(None),
                 idle_state: std::sync::Mutex::new(AgentState::Idle),
                 log_level: std::sync::Mutex::new(dpb::LogLevel::Info),
@@ -209,6 +224,64 @@ impl Daemon {
                 "not connected yet; it keeps trying in the background",
             )),
         }
+    }
+}
+
+impl Daemon {
+    /// Starts an SSO flow (PKCE on desktops when offered, else the device flow) and answers
+    /// the CLI with what to show the user.
+    async fn start_sso(
+        &self,
+        client: MgmtClient,
+        meta: crate::proto::management::PeerSystemMeta,
+        dns_labels: Vec<String>,
+        desktop: bool,
+    ) -> Result<Response<dpb::LoginResponse>, Status> {
+        let unavailable = |e: crate::mgmt::MgmtError| Status::unavailable(e.to_string());
+        let pkce = if desktop {
+            client.pkce_flow().await.map_err(unavailable)?
+        } else {
+            None
+        };
+        let (flow, resp) = if let Some(cfg) = pkce.and_then(|p| p.provider_config) {
+            let p = crate::auth::pkce::start(&cfg)
+                .await
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            let resp = dpb::LoginResponse {
+                needs_sso_login: true,
+                user_code: String::new(),
+                verification_uri: p.auth_url.clone(),
+                verification_uri_complete: p.auth_url.clone(),
+            };
+            (PendingSso::Pkce(p), resp)
+        } else if let Some(cfg) = client
+            .device_flow()
+            .await
+            .map_err(unavailable)?
+            .and_then(|d| d.provider_config)
+        {
+            let d = crate::auth::device::start(&cfg)
+                .await
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            let resp = dpb::LoginResponse {
+                needs_sso_login: true,
+                user_code: d.user_code.clone(),
+                verification_uri: d.verification_uri.clone(),
+                verification_uri_complete: d.verification_uri_complete.clone(),
+            };
+            (PendingSso::Device(d), resp)
+        } else {
+            return Err(Status::failed_precondition(
+                crate::auth::SsoError::NotConfigured.to_string(),
+            ));
+        };
+        *self.inner.sso.lock().await = Some(SsoLogin {
+            flow,
+            client,
+            meta,
+            dns_labels,
+        });
+        Ok(Response::new(resp))
     }
 }
 
@@ -343,9 +416,14 @@ impl DaemonService for Daemon {
         }
         let Some(setup_key) = setup_key else {
             self.set_idle_state(AgentState::NeedsLogin);
-            return Err(Status::failed_precondition(
-                "this peer is not registered and no SSO flow is available: run `up --setup-key <KEY>`",
-            ));
+            return self
+                .start_sso(
+                    client,
+                    meta,
+                    cfg.dns_labels.clone(),
+                    r.is_unix_desktop_client,
+                )
+                .await;
         };
         let params = LoginParams {
             setup_key: Some(setup_key),
@@ -369,7 +447,59 @@ impl DaemonService for Daemon {
         req: Request<dpb::WaitSsoLoginRequest>,
     ) -> Result<Response<dpb::WaitSsoLoginResponse>, Status> {
         self.inner.opts.access.require_admin(&req)?;
-        Err(Status::failed_precondition("no SSO login is in progress"))
+        let r = req.into_inner();
+        let login = {
+            let mut pending = self.inner.sso.lock().await;
+            let matches = match pending.as_ref().map(|p| &p.flow) {
+                Some(PendingSso::Device(d)) => d.user_code == r.user_code,
+                Some(PendingSso::Pkce(_)) => r.user_code.is_empty(),
+                None => return Err(Status::failed_precondition("no SSO login is in progress")),
+            };
+            if !matches {
+                return Err(Status::invalid_argument(
+                    "the user code does not match the SSO login in progress",
+                ));
+            }
+            pending
+                .take()
+                .ok_or_else(|| Status::failed_precondition("no SSO login is in progress"))?
+        };
+        let token = match login.flow {
+            PendingSso::Device(d) => d.wait_token().await,
+            PendingSso::Pkce(p) => p.wait_token().await,
+        };
+        let token = match token {
+            Ok(t) => t,
+            Err(crate::auth::SsoError::Expired) => {
+                self.set_idle_state(AgentState::NeedsLogin);
+                return Err(Status::deadline_exceeded(
+                    crate::auth::SsoError::Expired.to_string(),
+                ));
+            }
+            Err(e) => {
+                self.set_idle_state(AgentState::LoginFailed);
+                return Err(Status::permission_denied(e.to_string()));
+            }
+        };
+        let email = crate::auth::jwt::claims_unverified(&token)
+            .ok()
+            .and_then(|c| c["email"].as_str().map(String::from))
+            .unwrap_or_default();
+        let params = LoginParams {
+            jwt: Some(token),
+            dns_labels: login.dns_labels,
+            ..Default::default()
+        };
+        match login.client.login(login.meta, &params).await {
+            Ok(_) => {
+                self.set_idle_state(AgentState::Idle);
+                Ok(Response::new(dpb::WaitSsoLoginResponse { email }))
+            }
+            Err(e) => {
+                self.set_idle_state(AgentState::LoginFailed);
+                Err(login_status(e))
+            }
+        }
     }
 
     async fn up(&self, req: Request<dpb::UpRequest>) -> Result<Response<dpb::UpResponse>, Status> {

@@ -180,6 +180,47 @@ impl MgmtClient {
         Ok(())
     }
 
+    /// The device-flow provider config. `Ok(None)` if management offers none (NotFound) or is
+    /// too old to know the call (Unimplemented).
+    pub async fn device_flow(&self) -> Result<Option<pb::DeviceAuthorizationFlow>, MgmtError> {
+        let server = self.server_key().await?;
+        let req = self.envelope(&pb::DeviceAuthorizationFlowRequest {}, &server);
+        match timeout(
+            LOGIN_TIMEOUT,
+            self.grpc.clone().get_device_authorization_flow(req),
+        )
+        .await?
+        {
+            Ok(r) => crypto::open_message(&r.into_inner().body, &server, &self.key)
+                .map(Some)
+                .map_err(MgmtError::BadMessage),
+            Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Unimplemented) => {
+                Ok(None)
+            }
+            Err(s) => Err(s.into()),
+        }
+    }
+
+    /// The PKCE provider config, like [`Self::device_flow`].
+    pub async fn pkce_flow(&self) -> Result<Option<pb::PkceAuthorizationFlow>, MgmtError> {
+        let server = self.server_key().await?;
+        let req = self.envelope(&pb::PkceAuthorizationFlowRequest {}, &server);
+        match timeout(
+            LOGIN_TIMEOUT,
+            self.grpc.clone().get_pkce_authorization_flow(req),
+        )
+        .await?
+        {
+            Ok(r) => crypto::open_message(&r.into_inner().body, &server, &self.key)
+                .map(Some)
+                .map_err(MgmtError::BadMessage),
+            Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Unimplemented) => {
+                Ok(None)
+            }
+            Err(s) => Err(s.into()),
+        }
+    }
+
     /// Deregisters the peer: the server deletes it. "Not found" counts as success.
     pub async fn logout(&self) -> Result<(), MgmtError> {
         let server = self.server_key().await?;

@@ -4,6 +4,7 @@
 pub mod account;
 pub mod admin;
 pub mod mgmt;
+pub mod oidc;
 
 use crate::crypto::PrivateKey;
 use crate::proto::management as pb;

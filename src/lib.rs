@@ -7,6 +7,8 @@ pub mod config;
 pub mod crypto;
 pub mod engine;
 pub mod mgmt;
+pub mod relay;
+pub mod signal;
 pub mod system;
 #[cfg(feature = "testbed")]
 pub mod testbed;
@@ -17,6 +19,11 @@ pub mod proto {
     #[allow(clippy::all, missing_docs)]
     pub mod management {
         tonic::include_proto!("management");
+    }
+    /// `signalexchange` package: the signal service and its messages.
+    #[allow(clippy::all, missing_docs)]
+    pub mod signalexchange {
+        tonic::include_proto!("signalexchange");
     }
 }
 

@@ -1,1 +1,3 @@
 //! placeholder
+pub mod relay_server;
+pub mod signal_server;

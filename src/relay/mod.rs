@@ -1,0 +1,1 @@
+//! NetBird Relay client (see `messages` for the wire format).

@@ -1,0 +1,1 @@
+//! Stand-in NetBird relay server (in progress).

@@ -2,7 +2,11 @@
 //! is needed on build machines.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/management.proto", "proto/daemon.proto"];
+    let protos = [
+        "proto/management.proto",
+        "proto/daemon.proto",
+        "proto/signalexchange.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

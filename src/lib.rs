@@ -14,6 +14,8 @@ pub mod engine;
 pub mod lab;
 pub mod mgmt;
 pub mod peer;
+pub mod relay;
+pub mod signal;
 pub mod status_view;
 pub mod system;
 #[cfg(feature = "testbed")]
@@ -30,6 +32,11 @@ pub mod proto {
     #[allow(clippy::all, missing_docs)]
     pub mod daemon {
         tonic::include_proto!("daemon");
+    }
+    /// `signalexchange` package: the signal service and its messages.
+    #[allow(clippy::all, missing_docs)]
+    pub mod signalexchange {
+        tonic::include_proto!("signalexchange");
     }
 }
 

@@ -222,7 +222,7 @@ mod tests {
     fn challenge_matches_rfc7636_example() {
         assert_eq!(
             challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
-            "E9Melhoa2OwvFZpQxxtyKLCTOzs3R_iJZPN4_5h4pC0"
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
     }
 

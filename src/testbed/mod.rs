@@ -5,6 +5,8 @@ pub mod account;
 pub mod admin;
 pub mod mgmt;
 pub mod oidc;
+pub mod relay_server;
+pub mod signal_server;
 
 use crate::crypto::PrivateKey;
 use crate::proto::management as pb;

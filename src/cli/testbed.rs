@@ -24,6 +24,20 @@ pub struct TestbedArgs {
         hide_env_values = true
     )]
     pub admin_token: String,
+    /// Signal server listen address.
+    #[arg(long, default_value = "127.0.0.1:10000")]
+    pub signal_addr: SocketAddr,
+    /// Relay server listen address.
+    #[arg(long, default_value = "127.0.0.1:33080")]
+    pub relay_addr: SocketAddr,
+    /// Secret the relay checks tokens with.
+    #[arg(
+        long,
+        env = "NB_TESTBED_RELAY_SECRET",
+        default_value = "testbed-relay-secret",
+        hide_env_values = true
+    )]
+    pub relay_secret: String,
     /// Create a reusable setup key at start and print it.
     #[arg(long)]
     pub create_setup_key: bool,
@@ -36,6 +50,11 @@ pub fn run(args: TestbedArgs) -> ExitCode {
             mgmt_addr: args.management_addr,
             admin_addr: Some(args.admin_addr),
             admin_token: args.admin_token,
+            services: Some(netbird_agent::testbed::ServiceAddrs {
+                signal: args.signal_addr,
+                relay: args.relay_addr,
+                relay_secret: args.relay_secret,
+            }),
             ..Default::default()
         };
         let tb = match Testbed::start(cfg).await {
@@ -45,6 +64,12 @@ pub fn run(args: TestbedArgs) -> ExitCode {
         println!("management: {}", tb.management_url());
         if let Some(a) = tb.admin_url() {
             println!("admin API: {a}");
+        }
+        if let Some(s) = &tb.signal {
+            println!("signal: {}", s.addr());
+        }
+        if let Some(r) = &tb.relay {
+            println!("relay: {}", r.instance_url());
         }
         if args.create_setup_key {
             match tb

@@ -46,8 +46,22 @@ pub struct TestbedConfig {
     pub network: Ipv4Net,
     /// DNS domain of peers.
     pub dns_domain: String,
-    /// Services advertised to peers (STUN, TURN, signal, relay).
+    /// Services advertised to peers (STUN, TURN, signal, relay); filled in for the signal and
+    /// relay servers started with `services`.
     pub netbird_config: pb::NetbirdConfig,
+    /// Start the signal and relay servers too.
+    pub services: Option<ServiceAddrs>,
+}
+
+/// Where the testbed's signal and relay servers listen.
+#[derive(Debug, Clone)]
+pub struct ServiceAddrs {
+    /// Signal gRPC address.
+    pub signal: SocketAddr,
+    /// Relay WebSocket address.
+    pub relay: SocketAddr,
+    /// Secret the relay checks tokens with.
+    pub relay_secret: String,
 }
 
 impl Default for TestbedConfig {
@@ -59,6 +73,7 @@ impl Default for TestbedConfig {
             network: Ipv4Net::new(std::net::Ipv4Addr::new(100, 64, 0, 0), 16).unwrap_or_default(),
             dns_domain: "netbird.selfhosted".into(),
             netbird_config: pb::NetbirdConfig::default(),
+            services: None,
         }
     }
 }
@@ -76,6 +91,10 @@ pub struct Testbed {
     admin_token: String,
     mgmt: Option<Running>,
     admin: Option<Running>,
+    /// The signal server, when started.
+    pub signal: Option<signal_server::SignalServerHandle>,
+    /// The relay server, when started.
+    pub relay: Option<relay_server::RelayServerHandle>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, TestbedError> {
@@ -108,11 +127,35 @@ impl Testbed {
     /// Starts management (and the admin API when configured).
     pub async fn start(cfg: TestbedConfig) -> Result<Testbed, TestbedError> {
         let account = Account::new(cfg.network, &cfg.dns_domain);
-        let shared = Arc::new(Shared::new(
-            account,
-            PrivateKey::generate(),
-            cfg.netbird_config.clone(),
-        ));
+        let mut netbird_config = cfg.netbird_config.clone();
+        let mut signal = None;
+        let mut relay = None;
+        if let Some(svc) = &cfg.services {
+            let bind_err = |addr: SocketAddr| move |source| TestbedError::Bind { addr, source };
+            let s = signal_server::start(svc.signal)
+                .await
+                .map_err(bind_err(svc.signal))?;
+            netbird_config.signal = Some(pb::HostConfig {
+                uri: s.addr().to_string(),
+                protocol: pb::host_config::Protocol::Http as i32,
+            });
+            let r = relay_server::start(svc.relay, &svc.relay_secret, None)
+                .await
+                .map_err(bind_err(svc.relay))?;
+            // A long-lived token: the testbed does not rotate relay credentials.
+            let (payload, signature) = relay_server::mint_relay_token(
+                &svc.relay_secret,
+                std::time::Duration::from_secs(30 * 86400),
+            );
+            netbird_config.relay = Some(pb::RelayConfig {
+                urls: vec![r.instance_url().to_string()],
+                token_payload: payload,
+                token_signature: signature,
+            });
+            signal = Some(s);
+            relay = Some(r);
+        }
+        let shared = Arc::new(Shared::new(account, PrivateKey::generate(), netbird_config));
         let listener = bind(cfg.mgmt_addr).await?;
         let mgmt_addr = listener.local_addr().map_err(|source| TestbedError::Bind {
             addr: cfg.mgmt_addr,
@@ -126,6 +169,8 @@ impl Testbed {
             admin_token: cfg.admin_token.clone(),
             mgmt: Some(mgmt),
             admin: None,
+            signal,
+            relay,
         };
         if let Some(addr) = cfg.admin_addr {
             let listener = bind(addr).await?;

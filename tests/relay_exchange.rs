@@ -1,4 +1,5 @@
 //! Relay client against the testbed relay server over loopback WebSocket.
+#![cfg(feature = "testbed")]
 
 use futures::{SinkExt, StreamExt};
 use netbird_agent::crypto::{PrivateKey, PublicKey};
@@ -237,4 +238,71 @@ async fn server_stop_closes_clients() {
         .await
         .expect("client did not notice")
         .unwrap();
+}
+
+#[tokio::test]
+async fn rels_urls_speak_tls() {
+    // The testbed speaks plain WebSocket, so a TLS handshake to it must fail cleanly (this also
+    // proves the TLS stack initialises without a process-wide crypto provider being set).
+    let srv = server().await;
+    let mut cfg = config(&srv);
+    cfg.url = format!("rels://{}", srv.addr());
+    let key = PrivateKey::generate().public_key();
+    let err = RelayClient::connect(cfg, &key).await.err().unwrap();
+    assert!(matches!(err, RelayError::Ws(_)), "{err}");
+}
+
+#[tokio::test]
+async fn connect_first_skips_dead_relays() {
+    let srv = server().await;
+    // A port with nothing listening.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("rel://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let key = PrivateKey::generate().public_key();
+    let urls = vec![
+        dead_url.clone(),
+        "http://not-a-relay".to_string(),
+        srv.url(),
+    ];
+    let c = RelayClient::connect_first(&urls, config(&srv), &key)
+        .await
+        .unwrap();
+    assert_eq!(c.instance_url(), srv.instance_url());
+    let err = RelayClient::connect_first(&[dead_url], config(&srv), &key)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, RelayError::Ws(_)), "{err}");
+}
+
+#[tokio::test]
+async fn home_relay_reconnects_after_a_relay_restart() {
+    let mut srv = server().await;
+    let (ka, a) = client(&srv).await;
+    let (kb, b) = client(&srv).await;
+    let (ca, cb) = tokio::join!(a.open(&kb), b.open(&ka));
+    let (mut ca, _cb) = (ca.unwrap(), cb.unwrap());
+
+    srv.restart().await.unwrap();
+    // The relay dropped mid-session: the conn ends, the client comes back by itself.
+    assert_eq!(
+        timeout(WAIT, ca.recv()).await.expect("conn not closed"),
+        None
+    );
+    for c in [&a, &b] {
+        let mut st = c.status();
+        timeout(
+            WAIT,
+            st.wait_for(|s| s.connects >= 2 && s.state == RelayState::Connected),
+        )
+        .await
+        .expect("no reconnect")
+        .unwrap();
+    }
+    drop((ca, _cb));
+    let (ca, cb) = tokio::join!(a.open(&kb), b.open(&ka));
+    let (ca, mut cb) = (ca.unwrap(), cb.unwrap());
+    ca.send(b"again").await.unwrap();
+    assert_eq!(timeout(WAIT, cb.recv()).await.unwrap().unwrap(), b"again");
 }

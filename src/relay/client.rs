@@ -205,6 +205,38 @@ impl RelayClient {
         })
     }
 
+    /// Picks a home relay: dials every URL in parallel (at most 7 at once, like upstream) with
+    /// `base` settings and keeps the first that authenticates; the others are closed.
+    pub async fn connect_first(
+        urls: &[String],
+        base: RelayConfig,
+        own: &PublicKey,
+    ) -> Result<RelayClient, RelayError> {
+        use futures::stream::FuturesUnordered;
+        let mut last = RelayError::InvalidUrl(String::new());
+        for batch in urls.chunks(7) {
+            let mut pending: FuturesUnordered<_> = batch
+                .iter()
+                .map(|u| {
+                    let mut cfg = base.clone();
+                    cfg.url = u.clone();
+                    RelayClient::connect(cfg, own)
+                })
+                .collect();
+            while let Some(res) = pending.next().await {
+                match res {
+                    // Dropping `pending` abandons the slower dials.
+                    Ok(c) => return Ok(c),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "relay candidate failed");
+                        last = e;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
     /// The server's instance URL (from the latest auth response): advertise this in offers.
     pub fn instance_url(&self) -> String {
         self.status.borrow().instance_url.clone()

@@ -173,6 +173,23 @@ impl RelayServerHandle {
     }
 }
 
+impl RelayServerHandle {
+    /// Stops and starts again on the same port (same secret, instance URL and timings), with
+    /// no peers: a relay that dropped everyone and came back.
+    pub async fn restart(&mut self) -> std::io::Result<()> {
+        self.stop().await;
+        let fresh = start_with(
+            self.addr,
+            &self.shared.secret,
+            Some(&self.shared.instance_url),
+            self.shared.opts.clone(),
+        )
+        .await?;
+        *self = fresh;
+        Ok(())
+    }
+}
+
 impl Drop for RelayServerHandle {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);

@@ -306,3 +306,65 @@ async fn home_relay_reconnects_after_a_relay_restart() {
     ca.send(b"again").await.unwrap();
     assert_eq!(timeout(WAIT, cb.recv()).await.unwrap().unwrap(), b"again");
 }
+
+/// Reads until the server closes; true if it did within the guard time.
+async fn closed_by_server<S>(ws: &mut S) -> bool
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    timeout(WAIT, async {
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn server_refuses_bad_paths_and_bad_frames() {
+    let srv = server().await;
+    // Only /relay upgrades.
+    let wrong = tokio_tungstenite::connect_async(format!("ws://{}/other", srv.addr())).await;
+    assert!(wrong.is_err());
+
+    // A first message that is not auth is refused.
+    let url = format!("ws://{}/relay", srv.addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    let to = PeerId::from_key_text("x");
+    ws.send(Message::Binary(messages::transport(&to, b"hi").into()))
+        .await
+        .unwrap();
+    assert!(closed_by_server(&mut ws).await);
+
+    // After a good auth, a frame with a bad version closes the connection.
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    let token = relay_server::mint_token(SECRET, Duration::from_secs(60));
+    ws.send(Message::Binary(
+        messages::auth(&PeerId::from_key_text("y"), &token.to_wire().unwrap())
+            .unwrap()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let first = timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        messages::parse_server(&first.into_data()),
+        Ok(ServerMsg::AuthResponse(srv.instance_url().to_string()))
+    );
+    ws.send(Message::Binary(vec![2u8, 3].into())).await.unwrap();
+    assert!(closed_by_server(&mut ws).await);
+    timeout(WAIT, async {
+        while srv.peer_count() != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("closed peer still registered");
+}

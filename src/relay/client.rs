@@ -187,7 +187,8 @@ impl RelayClient {
     pub async fn connect(config: RelayConfig, own: &PublicKey) -> Result<RelayClient, RelayError> {
         let own_id = PeerId::from_public_key(own);
         let (ws, instance_url, server_ip) = dial(&config, &own_id).await?;
-        tracing::info!(relay = %instance_url, "connected to relay");
+        tracing::info!("connected to relay");
+        tracing::debug!(relay = %instance_url, "relay instance");
         let (status_tx, status_rx) = watch::channel(RelayStatus {
             state: RelayState::Connected,
             instance_url,
@@ -527,7 +528,8 @@ async fn run(
         status.send_modify(|s| s.state = RelayState::Connecting);
         match dial(&config, &own).await {
             Ok((socket, url, ip)) => {
-                tracing::info!(relay = %url, "reconnected to relay");
+                tracing::info!("reconnected to relay");
+                tracing::debug!(relay = %url, "relay instance");
                 config.backoff.reset();
                 status.send_modify(|s| {
                     s.state = RelayState::Connected;

@@ -1,4 +1,5 @@
 //! Relay client against the testbed relay server over loopback WebSocket.
+#![cfg(feature = "testbed")]
 
 use futures::{SinkExt, StreamExt};
 use netbird_agent::crypto::{PrivateKey, PublicKey};
@@ -237,4 +238,133 @@ async fn server_stop_closes_clients() {
         .await
         .expect("client did not notice")
         .unwrap();
+}
+
+#[tokio::test]
+async fn rels_urls_speak_tls() {
+    // The testbed speaks plain WebSocket, so a TLS handshake to it must fail cleanly (this also
+    // proves the TLS stack initialises without a process-wide crypto provider being set).
+    let srv = server().await;
+    let mut cfg = config(&srv);
+    cfg.url = format!("rels://{}", srv.addr());
+    let key = PrivateKey::generate().public_key();
+    let err = RelayClient::connect(cfg, &key).await.err().unwrap();
+    assert!(matches!(err, RelayError::Ws(_)), "{err}");
+}
+
+#[tokio::test]
+async fn connect_first_skips_dead_relays() {
+    let srv = server().await;
+    // A port with nothing listening.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("rel://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let key = PrivateKey::generate().public_key();
+    let urls = vec![
+        dead_url.clone(),
+        "http://not-a-relay".to_string(),
+        srv.url(),
+    ];
+    let c = RelayClient::connect_first(&urls, config(&srv), &key)
+        .await
+        .unwrap();
+    assert_eq!(c.instance_url(), srv.instance_url());
+    let err = RelayClient::connect_first(&[dead_url], config(&srv), &key)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, RelayError::Ws(_)), "{err}");
+}
+
+#[tokio::test]
+async fn home_relay_reconnects_after_a_relay_restart() {
+    let mut srv = server().await;
+    let (ka, a) = client(&srv).await;
+    let (kb, b) = client(&srv).await;
+    let (ca, cb) = tokio::join!(a.open(&kb), b.open(&ka));
+    let (mut ca, _cb) = (ca.unwrap(), cb.unwrap());
+
+    srv.restart().await.unwrap();
+    // The relay dropped mid-session: the conn ends, the client comes back by itself.
+    assert_eq!(
+        timeout(WAIT, ca.recv()).await.expect("conn not closed"),
+        None
+    );
+    for c in [&a, &b] {
+        let mut st = c.status();
+        timeout(
+            WAIT,
+            st.wait_for(|s| s.connects >= 2 && s.state == RelayState::Connected),
+        )
+        .await
+        .expect("no reconnect")
+        .unwrap();
+    }
+    drop((ca, _cb));
+    let (ca, cb) = tokio::join!(a.open(&kb), b.open(&ka));
+    let (ca, mut cb) = (ca.unwrap(), cb.unwrap());
+    ca.send(b"again").await.unwrap();
+    assert_eq!(timeout(WAIT, cb.recv()).await.unwrap().unwrap(), b"again");
+}
+
+/// Reads until the server closes; true if it did within the guard time.
+async fn closed_by_server<S>(ws: &mut S) -> bool
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    timeout(WAIT, async {
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn server_refuses_bad_paths_and_bad_frames() {
+    let srv = server().await;
+    // Only /relay upgrades.
+    let wrong = tokio_tungstenite::connect_async(format!("ws://{}/other", srv.addr())).await;
+    assert!(wrong.is_err());
+
+    // A first message that is not auth is refused.
+    let url = format!("ws://{}/relay", srv.addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    let to = PeerId::from_key_text("x");
+    ws.send(Message::Binary(messages::transport(&to, b"hi").into()))
+        .await
+        .unwrap();
+    assert!(closed_by_server(&mut ws).await);
+
+    // After a good auth, a frame with a bad version closes the connection.
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    let token = relay_server::mint_token(SECRET, Duration::from_secs(60));
+    ws.send(Message::Binary(
+        messages::auth(&PeerId::from_key_text("y"), &token.to_wire().unwrap())
+            .unwrap()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let first = timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        messages::parse_server(&first.into_data()),
+        Ok(ServerMsg::AuthResponse(srv.instance_url().to_string()))
+    );
+    ws.send(Message::Binary(vec![2u8, 3].into())).await.unwrap();
+    assert!(closed_by_server(&mut ws).await);
+    timeout(WAIT, async {
+        while srv.peer_count() != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("closed peer still registered");
 }

@@ -1,4 +1,5 @@
 //! Signal client against the testbed signal server over loopback.
+#![cfg(feature = "testbed")]
 
 use netbird_agent::crypto::PrivateKey;
 use netbird_agent::proto::signalexchange::signal_exchange_client::SignalExchangeClient;
@@ -324,4 +325,27 @@ async fn missing_registered_header_is_a_failure() {
     })
     .await;
     assert_eq!(status.borrow().registrations, 0);
+}
+
+#[tokio::test]
+async fn tls_to_a_plaintext_server_fails_cleanly() {
+    let server = signal_server::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut c = config(&server);
+    c.tls = true;
+    let (client, _rx) = SignalClient::start(c, PrivateKey::generate()).unwrap();
+    let mut status = client.status();
+    wait_status(&mut status, |s| {
+        s.state == SignalState::Disconnected && s.last_error.is_some()
+    })
+    .await;
+    assert_eq!(status.borrow().registrations, 0);
+    assert_eq!(server.peer_count(), 0);
+}
+
+#[tokio::test]
+async fn invalid_address_is_an_error() {
+    let c = SignalConfig::new("bad host name:port", false);
+    assert!(SignalClient::start(c, PrivateKey::generate()).is_err());
 }

@@ -187,7 +187,8 @@ impl RelayClient {
     pub async fn connect(config: RelayConfig, own: &PublicKey) -> Result<RelayClient, RelayError> {
         let own_id = PeerId::from_public_key(own);
         let (ws, instance_url, server_ip) = dial(&config, &own_id).await?;
-        tracing::info!(relay = %instance_url, "connected to relay");
+        tracing::info!("connected to relay");
+        tracing::debug!(relay = %instance_url, "relay instance");
         let (status_tx, status_rx) = watch::channel(RelayStatus {
             state: RelayState::Connected,
             instance_url,
@@ -203,6 +204,38 @@ impl RelayClient {
             status: status_rx,
             task: Some(task),
         })
+    }
+
+    /// Picks a home relay: dials every URL in parallel (at most 7 at once, like upstream) with
+    /// `base` settings and keeps the first that authenticates; the others are closed.
+    pub async fn connect_first(
+        urls: &[String],
+        base: RelayConfig,
+        own: &PublicKey,
+    ) -> Result<RelayClient, RelayError> {
+        use futures::stream::FuturesUnordered;
+        let mut last = RelayError::InvalidUrl(String::new());
+        for batch in urls.chunks(7) {
+            let mut pending: FuturesUnordered<_> = batch
+                .iter()
+                .map(|u| {
+                    let mut cfg = base.clone();
+                    cfg.url = u.clone();
+                    RelayClient::connect(cfg, own)
+                })
+                .collect();
+            while let Some(res) = pending.next().await {
+                match res {
+                    // Dropping `pending` abandons the slower dials.
+                    Ok(c) => return Ok(c),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "relay candidate failed");
+                        last = e;
+                    }
+                }
+            }
+        }
+        Err(last)
     }
 
     /// The server's instance URL (from the latest auth response): advertise this in offers.
@@ -495,7 +528,8 @@ async fn run(
         status.send_modify(|s| s.state = RelayState::Connecting);
         match dial(&config, &own).await {
             Ok((socket, url, ip)) => {
-                tracing::info!(relay = %url, "reconnected to relay");
+                tracing::info!("reconnected to relay");
+                tracing::debug!(relay = %url, "relay instance");
                 config.backoff.reset();
                 status.send_modify(|s| {
                     s.state = RelayState::Connected;

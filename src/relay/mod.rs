@@ -13,5 +13,7 @@ pub mod client;
 pub mod messages;
 
 pub use auth::RelayToken;
-pub use client::{RelayClient, RelayConfig, RelayConn, RelayError, RelayState, RelayStatus};
+pub use client::{
+    RelayClient, RelayConfig, RelayConn, RelayConnSender, RelayError, RelayState, RelayStatus,
+};
 pub use messages::PeerId;

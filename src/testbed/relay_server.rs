@@ -173,6 +173,23 @@ impl RelayServerHandle {
     }
 }
 
+impl RelayServerHandle {
+    /// Stops and starts again on the same port (same secret, instance URL and timings), with
+    /// no peers: a relay that dropped everyone and came back.
+    pub async fn restart(&mut self) -> std::io::Result<()> {
+        self.stop().await;
+        let fresh = start_with(
+            self.addr,
+            &self.shared.secret,
+            Some(&self.shared.instance_url),
+            self.shared.opts.clone(),
+        )
+        .await?;
+        *self = fresh;
+        Ok(())
+    }
+}
+
 impl Drop for RelayServerHandle {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
@@ -252,14 +269,20 @@ async fn handle(
             match auth::validate(&shared.secret, token, unix_now()) {
                 Ok(()) => peer,
                 Err(e) => {
-                    tracing::info!(%from, error = %e, "relay testbed: auth refused");
+                    tracing::info!(error = %e, "relay testbed: auth refused");
+                    tracing::debug!(%from, "relay testbed: refused client");
                     let _ = sink.close().await;
                     return;
                 }
             }
         }
         other => {
-            tracing::info!(%from, "relay testbed: bad handshake: {other:?}");
+            let why = match other {
+                Some(Err(e)) => e.to_string(),
+                Some(Ok(_)) => "first message is not auth".into(),
+                None => "no auth message in time".into(),
+            };
+            tracing::info!(reason = %why, "relay testbed: bad handshake");
             let _ = sink.close().await;
             return;
         }
@@ -302,7 +325,8 @@ async fn handle(
                         Ok(Some(to)) => forward(&shared, peer, to, &b),
                         Ok(None) => {}
                         Err(e) => {
-                            tracing::info!(%peer, error = %e, "relay testbed: bad frame, closing");
+                            tracing::info!(error = %e, "relay testbed: bad frame, closing");
+                            tracing::debug!(%peer, "relay testbed: closed peer");
                             break;
                         }
                     }
@@ -316,7 +340,8 @@ async fn handle(
             },
             _ = hc.tick() => {
                 if last_ack.elapsed() > opts.health_interval + opts.health_timeout {
-                    tracing::info!(%peer, "relay testbed: health check timeout, cutting peer");
+                    tracing::info!("relay testbed: health check timeout, cutting peer");
+                    tracing::debug!(%peer, "relay testbed: cut peer");
                     break;
                 }
                 let _ = tx.try_send(Message::Binary(messages::health_check().into()));

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod auth;
 pub mod config;
+pub mod connect;
 pub mod crypto;
 pub mod daemon;
 pub mod debug;

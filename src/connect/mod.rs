@@ -1,0 +1,568 @@
+//! Peer connectivity: runs one [`PeerConn`] state machine per remote peer and carries out its
+//! effects with the signal client (offers, answers), the NetBird relay (home relay plus the
+//! controller's relay when it differs) and the WireGuard device (which path each peer's
+//! datagrams take). One task owns all of it; callers talk to it through [`ConnManager`].
+//!
+//! ICE is not wired in yet: offers carry empty credentials, which upstream peers read as
+//! "no ICE with me" and answer by using the relay only. That is a supported NetBird mode
+//! (`NB_FORCE_RELAY`), so peers interoperate; direct paths come with the ICE integration.
+
+use crate::crypto::{PrivateKey, PublicKey};
+use crate::engine::ServicesConfig;
+use crate::peer::{self, ActivePath, ConnConfig, Effect, PathKind, PeerConn};
+use crate::relay::{RelayClient, RelayConfig, RelayConn, RelayToken};
+use crate::signal::{OfferAnswer, ReceivedSignal, SignalClient, SignalConfig, SignalMessage};
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Where the device sends one peer's encrypted datagrams.
+#[derive(Clone)]
+pub enum WgPath {
+    /// A UDP address, from the shared WireGuard socket.
+    Udp(SocketAddr),
+    /// A custom sender (a relayed connection).
+    Custom(Arc<dyn Fn(&[u8]) + Send + Sync>),
+}
+
+impl std::fmt::Debug for WgPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WgPath::Udp(a) => write!(f, "Udp({a})"),
+            WgPath::Custom(_) => f.write_str("Custom"),
+        }
+    }
+}
+
+/// WireGuard statistics of one peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Last completed handshake.
+    pub last_handshake: Option<SystemTime>,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
+/// What connectivity needs from the WireGuard device.
+pub trait TunnelDevice: Send + Sync + 'static {
+    /// Adds or updates a peer (allowed IPs replaced, session kept).
+    fn upsert_peer(
+        &self,
+        key: &PublicKey,
+        allowed_ips: &[IpNet],
+        keepalive_secs: u16,
+        psk: Option<[u8; 32]>,
+    ) -> Result<(), String>;
+    /// Removes a peer.
+    fn remove_peer(&self, key: &PublicKey);
+    /// Points a peer's datagrams at a path (None: nowhere).
+    fn set_path(&self, key: &PublicKey, path: Option<WgPath>);
+    /// Hands the device a datagram that arrived for `key` over a custom path.
+    fn inject(&self, key: &PublicKey, datagram: &[u8]);
+    /// Statistics of a peer.
+    fn peer_stats(&self, key: &PublicKey) -> Option<PeerStats>;
+}
+
+/// Connection details of one peer for `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConnInfo {
+    /// Current path.
+    pub path: PathKind,
+    /// Relay instance URL in use, if relayed.
+    pub relay_address: String,
+    /// When the path last changed.
+    pub since: SystemTime,
+}
+
+/// Connection lines for status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServicesStatus {
+    /// Signal address and whether it is connected.
+    pub signal: Option<(String, bool, String)>,
+    /// Home relay URL and whether it is connected.
+    pub relay: Option<(String, bool, String)>,
+}
+
+enum Command {
+    Peers(Vec<(PublicKey, Vec<IpNet>)>),
+    Services(ServicesConfig),
+}
+
+enum Event {
+    HomeRelay(Result<RelayClient, String>),
+    RelayOpened(PublicKey, String, RelayConn),
+    RelayFailed(PublicKey, String),
+    RelayClosed(PublicKey),
+}
+
+#[derive(Default)]
+struct Shared {
+    peers: HashMap<PublicKey, PeerConnInfo>,
+    services: ServicesStatus,
+}
+
+/// Handle to the connectivity task.
+pub struct ConnManager {
+    cmds: mpsc::UnboundedSender<Command>,
+    shared: Arc<Mutex<Shared>>,
+    task: JoinHandle<()>,
+}
+
+impl ConnManager {
+    /// Starts the task for our key and WireGuard port, driving `device`.
+    pub fn start(key: PrivateKey, wg_port: u16, device: Arc<dyn TunnelDevice>) -> ConnManager {
+        let (cmds, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let task = tokio::spawn(run(key, wg_port, device, rx, shared.clone()));
+        ConnManager { cmds, shared, task }
+    }
+
+    /// The peers to connect to (full list; others are dropped).
+    pub fn set_peers(&self, peers: Vec<(PublicKey, Vec<IpNet>)>) {
+        let _ = self.cmds.send(Command::Peers(peers));
+    }
+
+    /// Signal and relay settings.
+    pub fn set_services(&self, services: ServicesConfig) {
+        let _ = self.cmds.send(Command::Services(services));
+    }
+
+    /// Connection details of a peer.
+    pub fn peer_info(&self, key: &PublicKey) -> Option<PeerConnInfo> {
+        self.shared.lock().ok()?.peers.get(key).cloned()
+    }
+
+    /// Signal and relay lines.
+    pub fn services_status(&self) -> ServicesStatus {
+        self.shared
+            .lock()
+            .map(|s| s.services.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ConnManager {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Slot {
+    conn: PeerConn,
+    relay_url: Option<String>,
+    relay_task: Option<JoinHandle<()>>,
+}
+
+struct State {
+    key: PrivateKey,
+    wg_port: u16,
+    device: Arc<dyn TunnelDevice>,
+    shared: Arc<Mutex<Shared>>,
+    events: mpsc::UnboundedSender<Event>,
+    sig_forward: mpsc::UnboundedSender<ReceivedSignal>,
+    signal: Option<SignalClient>,
+    signal_addr: Option<(String, bool)>,
+    relay_cfg: Option<(Vec<String>, RelayToken)>,
+    home: Option<Arc<RelayClient>>,
+    home_connecting: bool,
+    foreign: HashMap<String, Arc<RelayClient>>,
+    peers: HashMap<PublicKey, Slot>,
+}
+
+fn to_wire(oa: &peer::OfferAnswer) -> OfferAnswer {
+    OfferAnswer {
+        ufrag: oa.ice.ufrag.clone(),
+        pwd: oa.ice.pwd.clone(),
+        wg_listen_port: oa.wg_listen_port,
+        version: crate::UPSTREAM_COMPAT_VERSION.into(),
+        relay_server_address: oa.relay_address.clone(),
+        session_id: oa.ice.session_id,
+        relay_server_ip: None,
+        rosenpass: None,
+    }
+}
+
+fn from_wire(oa: &OfferAnswer) -> peer::OfferAnswer {
+    peer::OfferAnswer {
+        ice: peer::IceParams {
+            ufrag: oa.ufrag.clone(),
+            pwd: oa.pwd.clone(),
+            session_id: oa.session_id,
+        },
+        wg_listen_port: oa.wg_listen_port,
+        relay_address: oa.relay_server_address.clone(),
+    }
+}
+
+impl State {
+    fn new_conn(&self, remote: PublicKey, now: Instant) -> PeerConn {
+        let (ufrag, pwd) = peer::random_credentials(&mut rand::thread_rng());
+        PeerConn::new(
+            ConnConfig {
+                local_key: self.key.public_key(),
+                remote_key: remote,
+                wg_port: self.wg_port,
+                ufrag,
+                pwd,
+                force_relay: true,
+            },
+            self.home.as_ref().map(|h| h.instance_url()),
+            now,
+            rand::random(),
+        )
+    }
+
+    fn publish(&self, key: &PublicKey) {
+        let Some(slot) = self.peers.get(key) else {
+            return;
+        };
+        let info = slot.conn.info();
+        let since = SystemTime::now() - info.since.elapsed();
+        if let Ok(mut s) = self.shared.lock() {
+            s.peers.insert(
+                *key,
+                PeerConnInfo {
+                    path: info.path,
+                    relay_address: if info.path == PathKind::Relay {
+                        slot.relay_url.clone().unwrap_or_default()
+                    } else {
+                        String::new()
+                    },
+                    since,
+                },
+            );
+        }
+    }
+
+    fn run_effects(&mut self, key: PublicKey) {
+        let Some(slot) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let effects = slot.conn.poll_effects();
+        for e in effects {
+            match e {
+                Effect::SendOffer(oa) => self.send_signal(key, SignalMessage::Offer(to_wire(&oa))),
+                Effect::SendAnswer(oa) => {
+                    self.send_signal(key, SignalMessage::Answer(to_wire(&oa)))
+                }
+                Effect::StartIce { .. } | Effect::StopIce => {}
+                Effect::OpenRelay(url) => self.open_relay(key, url),
+                Effect::CloseRelay => {
+                    if let Some(slot) = self.peers.get_mut(&key) {
+                        if let Some(t) = slot.relay_task.take() {
+                            t.abort();
+                        }
+                        slot.relay_url = None;
+                    }
+                }
+                Effect::SetPath(None) => self.device.set_path(&key, None),
+                Effect::SetPath(Some(ActivePath::Direct(addr))) => {
+                    self.device.set_path(&key, Some(WgPath::Udp(addr)))
+                }
+                Effect::SetPath(Some(ActivePath::Relay)) => {}
+            }
+        }
+        self.publish(&key);
+    }
+
+    fn send_signal(&self, to: PublicKey, msg: SignalMessage) {
+        if let Some(sig) = &self.signal {
+            let sender = sig.sender();
+            tokio::spawn(async move {
+                if let Err(e) = sender.send(&to, &msg).await {
+                    tracing::debug!(peer = %to, "signal send failed: {e}");
+                }
+            });
+        }
+    }
+
+    fn open_relay(&mut self, key: PublicKey, url: String) {
+        let events = self.events.clone();
+        let own = self.key.public_key();
+        let home = self.home.clone().filter(|h| h.instance_url() == url);
+        let foreign = self.foreign.get(&url).cloned();
+        let token = self.relay_cfg.as_ref().map(|(_, t)| t.clone());
+        tokio::spawn(async move {
+            let client = match (home, foreign, token) {
+                (Some(h), _, _) => h,
+                (None, Some(f), _) => f,
+                (None, None, Some(token)) => {
+                    let mut cfg = RelayConfig::new(url.clone(), token);
+                    cfg.reconnect = false;
+                    match RelayClient::connect(cfg, &own).await {
+                        Ok(c) => Arc::new(c),
+                        Err(e) => {
+                            let _ = events.send(Event::RelayFailed(key, e.to_string()));
+                            return;
+                        }
+                    }
+                }
+                (None, None, None) => {
+                    let _ = events.send(Event::RelayFailed(key, "no relay credentials".into()));
+                    return;
+                }
+            };
+            match client.open(&key).await {
+                Ok(conn) => {
+                    let _ = events.send(Event::RelayOpened(key, client.instance_url(), conn));
+                }
+                Err(e) => {
+                    let _ = events.send(Event::RelayFailed(key, e.to_string()));
+                }
+            }
+        });
+    }
+
+    fn on_relay_opened(&mut self, key: PublicKey, url: String, conn: RelayConn) {
+        let now = Instant::now();
+        let Some(slot) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let sender = conn.sender();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+        let pump_out = tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                if sender.send(&b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let device = self.device.clone();
+        let events = self.events.clone();
+        let mut conn = conn;
+        let pump_in = tokio::spawn(async move {
+            while let Some(d) = conn.recv().await {
+                device.inject(&key, &d);
+            }
+            pump_out.abort();
+            let _ = events.send(Event::RelayClosed(key));
+        });
+        if let Some(t) = slot.relay_task.replace(pump_in) {
+            t.abort();
+        }
+        slot.relay_url = Some(url);
+        let path = WgPath::Custom(Arc::new(move |d: &[u8]| {
+            let _ = tx.try_send(d.to_vec());
+        }));
+        self.device.set_path(&key, Some(path));
+        slot.conn.on_relay_connected(now);
+        tracing::info!(peer = %key, "relayed connection up");
+        self.run_effects(key);
+    }
+
+    fn on_signal(&mut self, msg: ReceivedSignal) {
+        let now = Instant::now();
+        let Some(slot) = self.peers.get_mut(&msg.from) else {
+            tracing::debug!("signal message from an unknown peer dropped");
+            return;
+        };
+        match msg.message {
+            SignalMessage::Offer(oa) => slot.conn.on_offer(from_wire(&oa), now),
+            SignalMessage::Answer(oa) => slot.conn.on_answer(from_wire(&oa), now),
+            SignalMessage::Candidate(_)
+            | SignalMessage::Mode { .. }
+            | SignalMessage::GoIdle
+            | SignalMessage::Heartbeat => {}
+        }
+        self.run_effects(msg.from);
+    }
+
+    fn set_peers(&mut self, list: Vec<(PublicKey, Vec<IpNet>)>) {
+        let now = Instant::now();
+        let wanted: HashMap<PublicKey, Vec<IpNet>> = list.into_iter().collect();
+        let gone: Vec<PublicKey> = self
+            .peers
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            if let Some(mut slot) = self.peers.remove(&k) {
+                if let Some(t) = slot.relay_task.take() {
+                    t.abort();
+                }
+            }
+            self.device.set_path(&k, None);
+            if let Ok(mut s) = self.shared.lock() {
+                s.peers.remove(&k);
+            }
+        }
+        for k in wanted.keys() {
+            if !self.peers.contains_key(k) {
+                let conn = self.new_conn(*k, now);
+                self.peers.insert(
+                    *k,
+                    Slot {
+                        conn,
+                        relay_url: None,
+                        relay_task: None,
+                    },
+                );
+                self.publish(k);
+            }
+        }
+    }
+
+    fn set_services(&mut self, s: ServicesConfig) {
+        if let Some((addr, tls)) = s.signal.clone() {
+            if self.signal_addr.as_ref() != Some(&(addr.clone(), tls)) {
+                match SignalClient::start(SignalConfig::new(addr.clone(), tls), self.key.clone()) {
+                    Ok((client, mut rx)) => {
+                        self.signal = Some(client);
+                        self.signal_addr = Some((addr, tls));
+                        let sig_tx = self.sig_forward.clone();
+                        tokio::spawn(async move {
+                            while let Some(m) = rx.recv().await {
+                                if sig_tx.send(m).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(e) => tracing::warn!("signal: {e}"),
+                }
+            }
+        }
+        match s.relay {
+            Some((urls, payload, signature)) if !urls.is_empty() => {
+                let token = RelayToken { payload, signature };
+                let changed = self
+                    .relay_cfg
+                    .as_ref()
+                    .map(|(u, _)| u != &urls)
+                    .unwrap_or(true);
+                self.relay_cfg = Some((urls.clone(), token.clone()));
+                if changed && !self.home_connecting {
+                    self.home_connecting = true;
+                    let events = self.events.clone();
+                    let own = self.key.public_key();
+                    tokio::spawn(async move {
+                        let base =
+                            RelayConfig::new(urls.first().cloned().unwrap_or_default(), token);
+                        let r = RelayClient::connect_first(&urls, base, &own)
+                            .await
+                            .map_err(|e| e.to_string());
+                        let _ = events.send(Event::HomeRelay(r));
+                    });
+                }
+            }
+            _ => {
+                self.relay_cfg = None;
+                self.home = None;
+            }
+        }
+    }
+}
+
+async fn run(
+    key: PrivateKey,
+    wg_port: u16,
+    device: Arc<dyn TunnelDevice>,
+    mut cmds: mpsc::UnboundedReceiver<Command>,
+    shared: Arc<Mutex<Shared>>,
+) {
+    let (events, mut event_rx) = mpsc::unbounded_channel();
+    let (sig_forward, mut sig_rx) = mpsc::unbounded_channel();
+    let mut st = State {
+        key,
+        wg_port,
+        device,
+        shared,
+        events,
+        sig_forward,
+        signal: None,
+        signal_addr: None,
+        relay_cfg: None,
+        home: None,
+        home_connecting: false,
+        foreign: HashMap::new(),
+        peers: HashMap::new(),
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_registrations = 0;
+    loop {
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                None => break,
+                Some(Command::Peers(p)) => st.set_peers(p),
+                Some(Command::Services(s)) => st.set_services(s),
+            },
+            Some(m) = sig_rx.recv() => st.on_signal(m),
+            Some(ev) = event_rx.recv() => match ev {
+                Event::HomeRelay(Ok(client)) => {
+                    st.home_connecting = false;
+                    let url = client.instance_url();
+                    tracing::info!("home relay connected");
+                    st.home = Some(Arc::new(client));
+                    let now = Instant::now();
+                    let keys: Vec<PublicKey> = st.peers.keys().copied().collect();
+                    for k in keys {
+                        if let Some(slot) = st.peers.get_mut(&k) {
+                            slot.conn.on_home_relay(Some(url.clone()), now);
+                        }
+                    }
+                }
+                Event::HomeRelay(Err(e)) => {
+                    st.home_connecting = false;
+                    tracing::warn!("home relay: {e}");
+                    if let Ok(mut s) = st.shared.lock() {
+                        s.services.relay = st.relay_cfg.as_ref().map(|(u, _)| (u.join(","), false, e.clone()));
+                    }
+                }
+                Event::RelayOpened(k, url, conn) => st.on_relay_opened(k, url, conn),
+                Event::RelayFailed(k, e) => {
+                    tracing::debug!(peer = %k, "relayed connection failed: {e}");
+                    if let Some(slot) = st.peers.get_mut(&k) {
+                        slot.conn.on_relay_lost(Instant::now());
+                    }
+                    st.run_effects(k);
+                }
+                Event::RelayClosed(k) => {
+                    tracing::info!(peer = %k, "relayed connection closed");
+                    if let Some(slot) = st.peers.get_mut(&k) {
+                        slot.relay_url = None;
+                        slot.conn.on_relay_lost(Instant::now());
+                    }
+                    st.run_effects(k);
+                }
+            },
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if let Some(sig) = &st.signal {
+                    let status = sig.status().borrow().clone();
+                    if status.registrations != last_registrations {
+                        last_registrations = status.registrations;
+                        for slot in st.peers.values_mut() {
+                            slot.conn.on_signal_reconnected(now);
+                        }
+                    }
+                    let connected = status.state == crate::signal::SignalState::Connected;
+                    let addr = st.signal_addr.as_ref().map(|(a, _)| a.clone()).unwrap_or_default();
+                    let relay = st.home.as_ref().map(|h| (h.instance_url(), true, String::new()));
+                    if let Ok(mut s) = st.shared.lock() {
+                        s.services.signal = Some((addr, connected, status.last_error.clone().unwrap_or_default()));
+                        if relay.is_some() {
+                            s.services.relay = relay;
+                        }
+                    }
+                }
+                let keys: Vec<PublicKey> = st.peers.keys().copied().collect();
+                let mut rng = rand::thread_rng();
+                for k in keys {
+                    if let Some(slot) = st.peers.get_mut(&k) {
+                        if slot.conn.poll_timeout() <= now {
+                            slot.conn.handle_timeout(now, &mut rng);
+                        }
+                    }
+                    st.run_effects(k);
+                }
+            }
+        }
+    }
+}

@@ -20,13 +20,16 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// Sends one encrypted datagram on a custom path.
+pub type DatagramSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
 /// Where the device sends one peer's encrypted datagrams.
 #[derive(Clone)]
 pub enum WgPath {
     /// A UDP address, from the shared WireGuard socket.
     Udp(SocketAddr),
     /// A custom sender (a relayed connection).
-    Custom(Arc<dyn Fn(&[u8]) + Send + Sync>),
+    Custom(DatagramSink),
 }
 
 impl std::fmt::Debug for WgPath {

@@ -21,6 +21,7 @@ pub mod status_view;
 pub mod system;
 #[cfg(feature = "testbed")]
 pub mod testbed;
+pub mod tunnel;
 
 /// Generated protobuf types and gRPC stubs, wire-compatible with NetBird's.
 pub mod proto {

@@ -35,8 +35,15 @@ pub struct RunArgs {
 
 /// The data plane the agent uses by default.
 pub fn data_plane_factory(no_data_plane: bool) -> DataPlaneFactory {
-    let _ = no_data_plane;
-    Arc::new(|_cfg| Ok(Box::new(RecordingDataPlane::default())))
+    if no_data_plane {
+        Arc::new(|_cfg| Ok(Box::new(RecordingDataPlane::default())))
+    } else {
+        Arc::new(|cfg| {
+            Ok(Box::new(
+                netbird_agent::tunnel::dataplane::UserspaceDataPlane::new(cfg)?,
+            ))
+        })
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.

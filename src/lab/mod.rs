@@ -192,6 +192,12 @@ impl Lab {
                 "--admin-addr",
                 &format!("{server}:33071"),
             ])
+            .args([
+                "--signal-addr",
+                &format!("{server}:10000"),
+                "--relay-addr",
+                &format!("{server}:33080"),
+            ])
             .arg("--create-setup-key")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

@@ -10,7 +10,9 @@ fn can_run() -> bool {
         return false;
     }
     for tool in ["ip", "nft", "ping"] {
-        let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().any(|d| std::path::Path::new(d).join(tool).exists());
+        let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|d| std::path::Path::new(d).join(tool).exists());
         if !found {
             eprintln!("skipped: {tool} is missing");
             return false;
@@ -24,14 +26,82 @@ fn lab_peers_behind_nat_ping_each_other_through_the_relay() {
     if !can_run() {
         return;
     }
-    let out = Command::new(BIN).args(["lab", "--timeout", "60"]).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let child = Command::new(BIN)
+        .args(["lab", "--timeout", "60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let prefix = format!("nbl{}x", child.id());
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("pinged peer2"), "{text}");
     assert!(text.contains("Connection type: Relayed"), "{text}");
     assert!(text.contains("Signal: Connected"), "{text}");
     assert!(text.contains("Relays: 1/1 Available"), "{text}");
     // Nothing is left behind.
-    let ns = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).to_string();
-    assert!(!ns.contains("nbl"), "namespaces left: {ns}");
+    let ns = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .to_string();
+    assert!(!ns.contains(&prefix), "namespaces left: {ns}");
+}
+
+#[test]
+fn traffic_keeps_flowing_while_the_signal_server_restarts() {
+    if !can_run() {
+        return;
+    }
+    use netbird_agent::lab::{Lab, LabOptions};
+    use std::time::Duration;
+    let mut lab = Lab::start(LabOptions {
+        binary: BIN.into(),
+        peers: 2,
+        timeout: Duration::from_secs(60),
+        block_udp: false,
+    })
+    .expect("lab starts");
+    let report = lab.run().expect("peers connect");
+    let target = report.overlay_ips[1].clone();
+    let ns = lab.topo.peer_ns(1);
+    let ping = Command::new("ip")
+        .args([
+            "netns", "exec", &ns, "ping", "-c", "30", "-i", "0.2", "-W", "1", &target,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = lab.testbed_pid().expect("testbed runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("30 received") || text.contains(" 0% packet loss"),
+        "{text}"
+    );
+    // The agents reconnect to signal afterwards.
+    let mut signal_back = false;
+    for _ in 0..100 {
+        let st = lab.status(1).unwrap_or_default();
+        if st.contains("Signal: Connected") {
+            signal_back = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(signal_back);
 }

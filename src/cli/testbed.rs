@@ -85,9 +85,26 @@ pub fn run(args: TestbedArgs) -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return exit::fail(exit::GENERAL, e),
             };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let mut usr1 =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+                Ok(s) => s,
+                Err(e) => return exit::fail(exit::GENERAL, e),
+            };
+        let mut tb = tb;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                // SIGUSR1 restarts the signal server (tests of signal outages).
+                _ = usr1.recv() => {
+                    if let Some(s) = tb.signal.as_mut() {
+                        match s.restart().await {
+                            Ok(()) => println!("signal restarted"),
+                            Err(e) => eprintln!("signal restart failed: {e}"),
+                        }
+                    }
+                }
+            }
         }
         ExitCode::SUCCESS
     })

@@ -341,6 +341,11 @@ impl Lab {
             .map_err(|e| LabError::Setup(format!("{program}: {e}")))
     }
 
+    /// PID of the testbed process (signals restart its services).
+    pub fn testbed_pid(&self) -> Option<u32> {
+        self.testbed.as_ref().map(|p| p.child.id())
+    }
+
     /// Work directory with logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()

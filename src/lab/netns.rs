@@ -77,7 +77,9 @@ impl Topology {
     /// Builds the namespaces, links, addresses, routes and NAT. `block_udp` drops UDP between
     /// the routers' public sides (only the servers stay reachable), forcing the relay.
     pub fn build(peers: usize, block_udp: bool) -> Result<Topology, String> {
-        let prefix = format!("nbl{}", std::process::id() % 100_000);
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("nbl{}x{n}", std::process::id());
         let mut t = Topology {
             wan: format!("{prefix}w"),
             prefix,

@@ -71,6 +71,7 @@ pub fn run(args: RunArgs, log_control: Option<LogControl>) -> ExitCode {
             Err(e) => return exit::fail(exit::GENERAL, e),
         };
         tracing::info!("daemon listening on {}", socket.display());
+        netbird_agent::system::sdnotify::notify_ready();
         let shutdown = async {
             let mut term =
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -81,6 +82,10 @@ pub fn run(args: RunArgs, log_control: Option<LogControl>) -> ExitCode {
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
             }
+        };
+        let shutdown = async {
+            shutdown.await;
+            netbird_agent::system::sdnotify::notify_stopping();
         };
         match daemon::serve(Daemon::new(opts), listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 pub mod common;
+pub mod completions;
 pub mod daemon_run;
 pub mod debug;
 pub mod exit;
@@ -12,6 +13,7 @@ pub mod foreground;
 #[cfg(feature = "testbed")]
 pub mod lab;
 pub mod register;
+pub mod service;
 pub mod simple;
 pub mod status;
 #[cfg(feature = "testbed")]
@@ -48,6 +50,14 @@ pub enum Command {
     Networks(simple::NetworksArgs),
     /// Debug bundles and log levels.
     Debug(debug::DebugArgs),
+    /// Install and control the systemd service; `service run` runs the daemon.
+    Service(service::ServiceArgs),
+    /// Print a shell completion script.
+    #[command(hide = true)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Print the version.
     Version,
     /// Run the daemon in the foreground (what the service runs).
@@ -97,6 +107,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Logout(a) => simple::run_logout(a),
         Command::Networks(a) => simple::run_networks(a),
         Command::Debug(a) => debug::run(a),
+        Command::Service(a) => service::run(a, Some(log_control)),
+        Command::Completions { shell } => completions::run(shell),
         Command::Version => {
             println!("{}", netbird_agent::AGENT_VERSION);
             ExitCode::SUCCESS

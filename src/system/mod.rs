@@ -3,6 +3,8 @@
 //! Gathering facts touches the OS ([`HostFacts::gather`]); turning facts into the proto message
 //! is pure ([`build_meta`]) and unit-tested with made-up facts.
 
+pub mod sdnotify;
+
 use crate::config::LocalFlags;
 use crate::proto::management as pb;
 use ipnet::IpNet;

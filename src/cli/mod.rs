@@ -19,6 +19,7 @@ pub mod status;
 #[cfg(feature = "testbed")]
 pub mod testbed;
 pub mod up;
+pub mod wireguard;
 
 /// NetBird-compatible peer agent for Linux.
 #[derive(Debug, Parser)]
@@ -58,6 +59,8 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// A standalone userspace WireGuard interface driven by `wg` (like wireguard-go).
+    Wireguard(wireguard::WireguardArgs),
     /// Print the version.
     Version,
     /// Run the daemon in the foreground (what the service runs).
@@ -109,6 +112,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Debug(a) => debug::run(a),
         Command::Service(a) => service::run(a, Some(log_control)),
         Command::Completions { shell } => completions::run(shell),
+        Command::Wireguard(a) => wireguard::run(a),
         Command::Version => {
             println!("{}", netbird_agent::AGENT_VERSION);
             ExitCode::SUCCESS

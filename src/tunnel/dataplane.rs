@@ -20,6 +20,7 @@ pub const DEFAULT_MTU: u16 = 1280;
 /// Userspace WireGuard plus connectivity.
 pub struct UserspaceDataPlane {
     tunnel: Arc<UserspaceTunnel>,
+    uapi: Option<super::uapi_server::UapiServer>,
     conn: Option<ConnManager>,
     address: Option<IpNet>,
     mtu: Option<u16>,
@@ -43,8 +44,20 @@ impl UserspaceDataPlane {
             ),
             None => None,
         };
+        // `wg show <if>` works while the agent runs; failing to serve it is not fatal.
+        let uapi = match super::uapi_server::UapiServer::start(
+            std::path::Path::new(super::uapi_server::SOCKET_DIR),
+            tunnel.clone(),
+        ) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("not serving the WireGuard UAPI socket: {e}");
+                None
+            }
+        };
         Ok(UserspaceDataPlane {
             tunnel,
+            uapi,
             conn: Some(conn),
             address: None,
             mtu: cfg.mtu,
@@ -147,6 +160,7 @@ impl DataPlane for UserspaceDataPlane {
     }
 
     fn teardown(&mut self) {
+        self.uapi.take();
         self.conn.take();
         self.tunnel.shutdown();
     }

@@ -8,6 +8,8 @@
 
 pub mod dataplane;
 pub mod tun;
+pub mod uapi;
+pub mod uapi_server;
 
 use crate::connect::{PeerStats, TunnelDevice, WgPath};
 use crate::crypto::{PrivateKey, PublicKey};
@@ -39,13 +41,20 @@ struct Peer {
     tunn: Mutex<Tunn>,
     allowed: RwLock<Vec<IpNet>>,
     path: RwLock<Option<WgPath>>,
+    keepalive: u16,
+    psk: Option<[u8; 32]>,
+}
+
+struct Keys {
+    private: x25519::StaticSecret,
+    public: x25519::PublicKey,
 }
 
 struct Inner {
-    private: x25519::StaticSecret,
-    public: x25519::PublicKey,
+    keys: RwLock<Keys>,
     tun: tun::Tun,
-    udp: UdpSocket,
+    udp: RwLock<Arc<UdpSocket>>,
+    fwmark: std::sync::atomic::AtomicU32,
     peers: RwLock<HashMap<PublicKey, Arc<Peer>>>,
     by_index: RwLock<HashMap<u32, Arc<Peer>>>,
     next_index: AtomicU32,
@@ -58,7 +67,6 @@ pub struct UserspaceTunnel {
     inner: Arc<Inner>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     name: String,
-    port: u16,
 }
 
 /// Device errors.
@@ -80,25 +88,21 @@ impl UserspaceTunnel {
     /// it is taken, as NetBird does).
     pub fn create(name: &str, port: u16, key: &PrivateKey) -> Result<UserspaceTunnel, TunnelError> {
         let tun = tun::Tun::create(name).map_err(|e| TunnelError::Tun(name.into(), e))?;
-        let udp = match UdpSocket::bind(("0.0.0.0", port)) {
+        let udp = match bind_udp(port) {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 tracing::warn!("WireGuard port {port} is busy; using a random port");
-                UdpSocket::bind(("0.0.0.0", 0)).map_err(TunnelError::Udp)?
+                bind_udp(0).map_err(TunnelError::Udp)?
             }
             Err(e) => return Err(TunnelError::Udp(e)),
         };
-        udp.set_read_timeout(Some(Duration::from_millis(200)))
-            .map_err(TunnelError::Udp)?;
-        set_socket_buffers(&udp);
-        let port = udp.local_addr().map_err(TunnelError::Udp)?.port();
         let private = x25519::StaticSecret::from(*key.as_bytes());
         let public = x25519::PublicKey::from(&private);
         let inner = Arc::new(Inner {
-            private,
-            public,
+            keys: RwLock::new(Keys { private, public }),
             tun,
-            udp,
+            udp: RwLock::new(Arc::new(udp)),
+            fwmark: std::sync::atomic::AtomicU32::new(0),
             peers: RwLock::new(HashMap::new()),
             by_index: RwLock::new(HashMap::new()),
             next_index: AtomicU32::new(1),
@@ -122,7 +126,6 @@ impl UserspaceTunnel {
             inner,
             threads: Mutex::new(threads),
             name: name.to_string(),
-            port,
         })
     }
 
@@ -133,7 +136,7 @@ impl UserspaceTunnel {
 
     /// The UDP port actually bound.
     pub fn port(&self) -> u16 {
-        self.port
+        self.inner.udp().local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
     /// Drop counters.
@@ -189,6 +192,13 @@ impl Drop for UserspaceTunnel {
     }
 }
 
+fn bind_udp(port: u16) -> std::io::Result<UdpSocket> {
+    let udp = UdpSocket::bind(("0.0.0.0", port))?;
+    udp.set_read_timeout(Some(Duration::from_millis(200)))?;
+    set_socket_buffers(&udp);
+    Ok(udp)
+}
+
 fn set_socket_buffers(s: &UdpSocket) {
     use std::os::fd::AsRawFd;
     let size: libc::c_int = 7 * 1024 * 1024;
@@ -212,11 +222,18 @@ fn set_socket_buffers(s: &UdpSocket) {
 }
 
 impl Inner {
+    fn udp(&self) -> Arc<UdpSocket> {
+        match self.udp.read() {
+            Ok(u) => u.clone(),
+            Err(e) => e.into_inner().clone(),
+        }
+    }
+
     fn send(&self, peer: &Peer, data: &[u8]) {
         let path = peer.path.read().ok().and_then(|p| p.clone());
         match path {
             Some(WgPath::Udp(addr)) => {
-                let _ = self.udp.send_to(data, addr);
+                let _ = self.udp().send_to(data, addr);
             }
             Some(WgPath::Custom(f)) => f(data),
             None => {}
@@ -331,7 +348,8 @@ fn is_wireguard(d: &[u8]) -> bool {
 fn udp_loop(inner: Arc<Inner>) {
     let mut buf = vec![0u8; MAX_PACKET];
     while inner.running.load(Ordering::Relaxed) {
-        let (n, from) = match inner.udp.recv_from(&mut buf) {
+        let udp = inner.udp();
+        let (n, from) = match udp.recv_from(&mut buf) {
             Ok(x) => x,
             Err(e)
                 if matches!(
@@ -350,16 +368,21 @@ fn udp_loop(inner: Arc<Inner>) {
         }
         let peer = match Tunn::parse_incoming_packet(d) {
             Ok(boringtun::noise::Packet::HandshakeInit(h)) => {
-                boringtun::noise::handshake::parse_handshake_anon(&inner.private, &inner.public, &h)
-                    .ok()
-                    .and_then(|half| {
-                        inner
-                            .peers
-                            .read()
-                            .ok()?
-                            .get(&PublicKey(half.peer_static_public))
-                            .cloned()
-                    })
+                let half = match inner.keys.read() {
+                    Ok(k) => {
+                        boringtun::noise::handshake::parse_handshake_anon(&k.private, &k.public, &h)
+                            .ok()
+                    }
+                    Err(_) => None,
+                };
+                half.into_iter().next().and_then(|half| {
+                    inner
+                        .peers
+                        .read()
+                        .ok()?
+                        .get(&PublicKey(half.peer_static_public))
+                        .cloned()
+                })
             }
             Ok(boringtun::noise::Packet::HandshakeResponse(p)) => inner
                 .by_index
@@ -440,8 +463,9 @@ impl TunnelDevice for UserspaceTunnel {
             return Ok(());
         }
         let index = self.inner.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+        let private = self.inner.keys.read().map_err(|_| "lock")?.private.clone();
         let tunn = Tunn::new(
-            self.inner.private.clone(),
+            private,
             x25519::PublicKey::from(*key.as_bytes()),
             psk,
             (keepalive_secs > 0).then_some(keepalive_secs),
@@ -454,6 +478,8 @@ impl TunnelDevice for UserspaceTunnel {
             tunn: Mutex::new(tunn),
             allowed: RwLock::new(allowed_ips.to_vec()),
             path: RwLock::new(None),
+            keepalive: keepalive_secs,
+            psk,
         });
         self.inner
             .by_index
@@ -523,5 +549,139 @@ impl TunnelDevice for UserspaceTunnel {
             rx_bytes: rx as u64,
             tx_bytes: tx as u64,
         })
+    }
+}
+
+impl UserspaceTunnel {
+    /// Answers a UAPI `get=1`.
+    pub fn uapi_get(&self) -> String {
+        let private = self
+            .inner
+            .keys
+            .read()
+            .map(|k| k.private.to_bytes())
+            .unwrap_or([0; 32]);
+        let peers: Vec<Arc<Peer>> = self
+            .inner
+            .peers
+            .read()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default();
+        let views: Vec<uapi::PeerView> = peers
+            .iter()
+            .map(|p| {
+                let stats = self.peer_stats(&p.key).unwrap_or_default();
+                uapi::PeerView {
+                    key: p.key,
+                    preshared_key: p.psk,
+                    endpoint: match p.path.read().ok().and_then(|x| x.clone()) {
+                        Some(WgPath::Udp(a)) => Some(a),
+                        _ => None,
+                    },
+                    last_handshake: stats.last_handshake,
+                    tx_bytes: stats.tx_bytes,
+                    rx_bytes: stats.rx_bytes,
+                    keepalive: p.keepalive,
+                    allowed_ips: p.allowed.read().map(|a| a.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        uapi::format_get(
+            &private,
+            self.port(),
+            self.inner.fwmark.load(Ordering::Relaxed),
+            &views,
+        )
+    }
+
+    /// Applies a UAPI `set=1` request.
+    pub fn uapi_set(&self, req: uapi::SetRequest) -> Result<(), String> {
+        if let Some(k) = req.private_key {
+            let private = x25519::StaticSecret::from(k);
+            let public = x25519::PublicKey::from(&private);
+            if let Ok(mut keys) = self.inner.keys.write() {
+                *keys = Keys {
+                    private: private.clone(),
+                    public,
+                };
+            }
+            let peers: Vec<Arc<Peer>> = self
+                .inner
+                .peers
+                .read()
+                .map(|p| p.values().cloned().collect())
+                .unwrap_or_default();
+            for p in peers {
+                if let Ok(mut t) = p.tunn.lock() {
+                    t.set_static_private(private.clone(), public, None);
+                }
+            }
+        }
+        if let Some(port) = req.listen_port {
+            if port != self.port() {
+                let udp = bind_udp(port).map_err(|e| format!("listen port {port}: {e}"))?;
+                if let Ok(mut u) = self.inner.udp.write() {
+                    *u = Arc::new(udp);
+                }
+            }
+        }
+        if let Some(m) = req.fwmark {
+            self.inner.fwmark.store(m, Ordering::Relaxed);
+        }
+        if req.replace_peers {
+            let keys: Vec<PublicKey> = self
+                .inner
+                .peers
+                .read()
+                .map(|p| p.keys().copied().collect())
+                .unwrap_or_default();
+            for k in keys {
+                self.remove_peer(&k);
+            }
+        }
+        for change in req.peers {
+            let Some(key) = change.key else { continue };
+            if change.remove {
+                self.remove_peer(&key);
+                continue;
+            }
+            let existing = self
+                .inner
+                .peers
+                .read()
+                .ok()
+                .and_then(|p| p.get(&key).cloned());
+            if existing.is_none() && change.update_only {
+                continue;
+            }
+            let mut allowed = match (&existing, change.replace_allowed_ips) {
+                (Some(p), false) => p.allowed.read().map(|a| a.clone()).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            allowed.extend(change.allowed_ips.iter().copied());
+            let keepalive = change
+                .keepalive
+                .or(existing.as_ref().map(|p| p.keepalive))
+                .unwrap_or(0);
+            let psk = match change.preshared_key {
+                Some(k) if k == [0; 32] => None,
+                Some(k) => Some(k),
+                None => existing.as_ref().and_then(|p| p.psk),
+            };
+            let path = existing
+                .as_ref()
+                .and_then(|p| p.path.read().ok().and_then(|x| x.clone()));
+            if let Some(p) = &existing {
+                if p.keepalive != keepalive || p.psk != psk {
+                    self.remove_peer(&key);
+                }
+            }
+            self.upsert_peer(&key, &allowed, keepalive, psk)?;
+            let endpoint = change.endpoint.map(WgPath::Udp).or(path);
+            if endpoint.is_some() {
+                self.set_path(&key, endpoint);
+            }
+        }
+        Ok(())
     }
 }

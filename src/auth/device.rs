@@ -1,7 +1,7 @@
 //! OAuth 2.0 device authorization grant (RFC 8628) as NetBird runs it: `audience` is always
 //! sent, `slow_down` adds 5 s to the interval, a zero interval means 5 s.
 
-use super::{choose_token, http_client, SsoError};
+use super::{choose_token, http_client, SsoError, TokenResponse};
 use crate::proto::management as pb;
 use serde::Deserialize;
 use std::time::{Duration, Instant};
@@ -32,18 +32,6 @@ struct DeviceAuthResponse {
     expires_in: u64,
     #[serde(default)]
     interval: u64,
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    #[serde(default)]
-    access_token: Option<String>,
-    #[serde(default)]
-    id_token: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    error_description: Option<String>,
 }
 
 /// Validates the provider config for the device flow.

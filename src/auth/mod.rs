@@ -52,6 +52,19 @@ pub fn choose_token(
     Ok(token.to_string())
 }
 
+/// A token endpoint's JSON answer (success or OAuth error).
+#[derive(serde::Deserialize)]
+pub(crate) struct TokenResponse {
+    #[serde(default)]
+    pub(crate) access_token: Option<String>,
+    #[serde(default)]
+    pub(crate) id_token: Option<String>,
+    #[serde(default)]
+    pub(crate) error: Option<String>,
+    #[serde(default)]
+    pub(crate) error_description: Option<String>,
+}
+
 pub(crate) fn http_client() -> Result<reqwest::Client, SsoError> {
     reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))

@@ -2,13 +2,12 @@
 //! it on desktops: S256 challenge of a 128-hex-char verifier, 48-hex-char state, the first
 //! redirect URL whose port is free.
 
-use super::{choose_token, http_client, SsoError};
+use super::{choose_token, http_client, SsoError, TokenResponse};
 use crate::proto::management as pb;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use rand::RngCore;
 use reqwest::Url;
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -111,18 +110,6 @@ pub async fn start(cfg: &pb::ProviderConfig) -> Result<PkcePending, SsoError> {
         state,
         cfg: cfg.clone(),
     })
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    #[serde(default)]
-    access_token: Option<String>,
-    #[serde(default)]
-    id_token: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    error_description: Option<String>,
 }
 
 impl PkcePending {

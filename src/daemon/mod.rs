@@ -228,6 +228,41 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// Selects (or deselects) networks: `all`, or the listed ids; selecting without `append`
+    /// deselects every other network.
+    async fn change_selection(
+        &self,
+        r: dpb::SelectNetworksRequest,
+        select: bool,
+    ) -> Result<Response<dpb::SelectNetworksResponse>, Status> {
+        let all: Vec<String> = self
+            .snapshot()
+            .await
+            .networks
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
+        let mut d = self
+            .inner
+            .deselected
+            .lock()
+            .map_err(|_| Status::internal("lock"))?;
+        match (select, r.all) {
+            (true, true) => d.clear(),
+            (false, true) => d.extend(all),
+            (true, false) => {
+                if !r.append {
+                    d.extend(all);
+                }
+                for id in &r.network_i_ds {
+                    d.remove(id);
+                }
+            }
+            (false, false) => d.extend(r.network_i_ds.iter().cloned()),
+        }
+        Ok(Response::new(dpb::SelectNetworksResponse {}))
+    }
+
     /// Starts an SSO flow (PKCE on desktops when offered, else the device flow) and answers
     /// the CLI with what to show the user.
     async fn start_sso(
@@ -601,30 +636,7 @@ impl DaemonService for Daemon {
         req: Request<dpb::SelectNetworksRequest>,
     ) -> Result<Response<dpb::SelectNetworksResponse>, Status> {
         self.inner.opts.access.require_admin(&req)?;
-        let r = req.into_inner();
-        let all: Vec<String> = self
-            .snapshot()
-            .await
-            .networks
-            .into_iter()
-            .map(|n| n.id)
-            .collect();
-        let mut d = self
-            .inner
-            .deselected
-            .lock()
-            .map_err(|_| Status::internal("lock"))?;
-        if r.all {
-            d.clear();
-        } else {
-            if !r.append {
-                d.extend(all.iter().cloned());
-            }
-            for id in &r.network_i_ds {
-                d.remove(id);
-            }
-        }
-        Ok(Response::new(dpb::SelectNetworksResponse {}))
+        self.change_selection(req.into_inner(), true).await
     }
 
     async fn deselect_networks(
@@ -632,25 +644,7 @@ impl DaemonService for Daemon {
         req: Request<dpb::SelectNetworksRequest>,
     ) -> Result<Response<dpb::SelectNetworksResponse>, Status> {
         self.inner.opts.access.require_admin(&req)?;
-        let r = req.into_inner();
-        let all: Vec<String> = self
-            .snapshot()
-            .await
-            .networks
-            .into_iter()
-            .map(|n| n.id)
-            .collect();
-        let mut d = self
-            .inner
-            .deselected
-            .lock()
-            .map_err(|_| Status::internal("lock"))?;
-        if r.all {
-            d.extend(all);
-        } else {
-            d.extend(r.network_i_ds.iter().cloned());
-        }
-        Ok(Response::new(dpb::SelectNetworksResponse {}))
+        self.change_selection(req.into_inner(), false).await
     }
 
     async fn forwarding_rules(

@@ -220,29 +220,11 @@ impl Topology {
                 ]),
             ]);
         }
-        if block_udp {
-            cmds.push(Cmd::new(&[
-                "ip", "netns", "exec", &wan, "nft", "add", "table", "inet", "lab",
-            ]));
-            cmds.push(Cmd::new(&[
-                "ip",
-                "netns",
-                "exec",
-                &wan,
-                "nft",
-                "add chain inet lab fwd { type filter hook forward priority 0 ; }",
-            ]));
-            cmds.push(Cmd::new(&[
-                "ip",
-                "netns",
-                "exec",
-                &wan,
-                "nft",
-                "add rule inet lab fwd meta l4proto udp drop",
-            ]));
-        }
         for c in &cmds {
             c.run()?;
+        }
+        if block_udp {
+            t.set_udp_blocked(true)?;
         }
         Ok(t)
     }

@@ -185,33 +185,34 @@ impl MgmtClient {
     pub async fn device_flow(&self) -> Result<Option<pb::DeviceAuthorizationFlow>, MgmtError> {
         let server = self.server_key().await?;
         let req = self.envelope(&pb::DeviceAuthorizationFlowRequest {}, &server);
-        match timeout(
+        let answer = timeout(
             LOGIN_TIMEOUT,
             self.grpc.clone().get_device_authorization_flow(req),
         )
-        .await?
-        {
-            Ok(r) => crypto::open_message(&r.into_inner().body, &server, &self.key)
-                .map(Some)
-                .map_err(MgmtError::BadMessage),
-            Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Unimplemented) => {
-                Ok(None)
-            }
-            Err(s) => Err(s.into()),
-        }
+        .await?;
+        self.open_optional(answer, &server)
     }
 
     /// The PKCE provider config, like [`Self::device_flow`].
     pub async fn pkce_flow(&self) -> Result<Option<pb::PkceAuthorizationFlow>, MgmtError> {
         let server = self.server_key().await?;
         let req = self.envelope(&pb::PkceAuthorizationFlowRequest {}, &server);
-        match timeout(
+        let answer = timeout(
             LOGIN_TIMEOUT,
             self.grpc.clone().get_pkce_authorization_flow(req),
         )
-        .await?
-        {
-            Ok(r) => crypto::open_message(&r.into_inner().body, &server, &self.key)
+        .await?;
+        self.open_optional(answer, &server)
+    }
+
+    /// Decrypts an answer; NotFound and Unimplemented mean "not offered".
+    fn open_optional<M: prost::Message + Default>(
+        &self,
+        answer: Result<tonic::Response<pb::EncryptedMessage>, tonic::Status>,
+        server: &PublicKey,
+    ) -> Result<Option<M>, MgmtError> {
+        match answer {
+            Ok(r) => crypto::open_message(&r.into_inner().body, server, &self.key)
                 .map(Some)
                 .map_err(MgmtError::BadMessage),
             Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Unimplemented) => {

@@ -187,23 +187,6 @@ mod tests {
             "listen_port=12912",
             "replace_peers=true",
             &format!("public_key={key}"),
-            "endpoint=[abcd:23::33%2]:51820",
-            "replace_allowed_ips=true",
-            "allowed_ip=192.168.4.4/32",
-            "persistent_keepalive_interval=25",
-            "public_key=58402e695ba1772b1cc9309755f043251ea77fdcf10fbe63989ceb7e19321376",
-            "endpoint=182.122.22.19:3233",
-            "allowed_ip=192.168.4.6/32",
-            "public_key=662e14fd594556f522604703340351258903b64f35553763f19426ab2a515c58",
-            "remove=true",
-        ]);
-        // The scoped IPv6 endpoint is not parseable by std; everything else is.
-        assert!(req.is_err());
-        let req = parse_set([
-            "private_key=e84b5a6d2717c1003a13b431570353dbaca9146cf150c5f8575680feba52027a",
-            "listen_port=12912",
-            "replace_peers=true",
-            &format!("public_key={key}"),
             "endpoint=[abcd:23::33]:51820",
             "replace_allowed_ips=true",
             "allowed_ip=192.168.4.4/32",

@@ -43,6 +43,8 @@ pub fn run(args: LabArgs) -> ExitCode {
         Err(e) => return exit::fail(exit::GENERAL, e),
     };
     let result = lab.run();
+    // Status refreshes once a second: let it catch up with the handshake the ping caused.
+    std::thread::sleep(Duration::from_millis(1500));
     for i in 1..=args.peers {
         println!("\n===== peer{i} status =====");
         match lab.status(i) {

@@ -6,6 +6,7 @@
 //! Garbage, packets for unknown peers and packets from outside a peer's allowed IPs are
 //! dropped and counted, never a panic.
 
+pub mod allowed;
 pub mod dataplane;
 pub mod tun;
 pub mod uapi;
@@ -56,6 +57,7 @@ struct Inner {
     udp: RwLock<Arc<UdpSocket>>,
     fwmark: std::sync::atomic::AtomicU32,
     peers: RwLock<HashMap<PublicKey, Arc<Peer>>>,
+    routes: RwLock<allowed::AllowedIps<PublicKey>>,
     by_index: RwLock<HashMap<u32, Arc<Peer>>>,
     next_index: AtomicU32,
     running: AtomicBool,
@@ -104,6 +106,7 @@ impl UserspaceTunnel {
             udp: RwLock::new(Arc::new(udp)),
             fwmark: std::sync::atomic::AtomicU32::new(0),
             peers: RwLock::new(HashMap::new()),
+            routes: RwLock::new(allowed::AllowedIps::default()),
             by_index: RwLock::new(HashMap::new()),
             next_index: AtomicU32::new(1),
             running: AtomicBool::new(true),
@@ -241,20 +244,19 @@ impl Inner {
     }
 
     fn route(&self, dst: IpAddr) -> Option<Arc<Peer>> {
-        let peers = self.peers.read().ok()?;
-        peers
-            .values()
-            .filter_map(|p| {
-                let allowed = p.allowed.read().ok()?;
-                allowed
-                    .iter()
-                    .filter(|n| n.contains(&dst))
-                    .map(|n| n.prefix_len())
-                    .max()
-                    .map(|l| (l, p.clone()))
-            })
-            .max_by_key(|(l, _)| *l)
-            .map(|(_, p)| p)
+        let key = *self.routes.read().ok()?.lookup(dst)?;
+        self.peers.read().ok()?.get(&key).cloned()
+    }
+
+    fn set_routes(&self, key: &PublicKey, old: &[IpNet], new: &[IpNet]) {
+        if let Ok(mut r) = self.routes.write() {
+            for n in old {
+                r.remove(*n, key);
+            }
+            for n in new {
+                r.insert(*n, *key);
+            }
+        }
     }
 
     /// Decrypts one datagram for `peer` and writes what comes out.
@@ -458,6 +460,7 @@ impl TunnelDevice for UserspaceTunnel {
             .cloned();
         if let Some(p) = existing {
             if let Ok(mut a) = p.allowed.write() {
+                self.inner.set_routes(key, &a, allowed_ips);
                 *a = allowed_ips.to_vec();
             }
             return Ok(());
@@ -491,6 +494,7 @@ impl TunnelDevice for UserspaceTunnel {
             .write()
             .map_err(|_| "lock")?
             .insert(*key, peer);
+        self.inner.set_routes(key, &[], allowed_ips);
         Ok(())
     }
 
@@ -505,6 +509,8 @@ impl TunnelDevice for UserspaceTunnel {
             if let Ok(mut m) = self.inner.by_index.write() {
                 m.remove(&p.index);
             }
+            let old = p.allowed.read().map(|a| a.clone()).unwrap_or_default();
+            self.inner.set_routes(key, &old, &[]);
         }
     }
 

@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod daemon;
 pub mod debug;
 pub mod engine;
+pub mod ice;
 #[cfg(feature = "testbed")]
 pub mod lab;
 pub mod mgmt;

@@ -48,6 +48,11 @@ impl TunnelDevice for FakeDevice {
     fn peer_stats(&self, _: &PublicKey) -> Option<PeerStats> {
         None
     }
+    fn send_raw(&self, _: std::net::SocketAddr, _: &[u8]) {}
+    fn set_raw_sink(&self, _: netbird_agent::connect::RawSink) {}
+    fn listen_port(&self) -> u16 {
+        51820
+    }
 }
 
 impl FakeDevice {

@@ -22,7 +22,7 @@ fn can_run() -> bool {
 }
 
 #[test]
-fn lab_peers_behind_nat_ping_each_other_through_the_relay() {
+fn lab_peers_behind_nat_connect_directly() {
     if !can_run() {
         return;
     }
@@ -41,7 +41,7 @@ fn lab_peers_behind_nat_ping_each_other_through_the_relay() {
     );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("pinged peer2"), "{text}");
-    assert!(text.contains("Connection type: Relayed"), "{text}");
+    assert!(text.contains("Connection type: P2P"), "{text}");
     assert!(text.contains("Signal: Connected"), "{text}");
     assert!(text.contains("Relays: 1/1 Available"), "{text}");
     // Nothing is left behind.
@@ -104,4 +104,53 @@ fn traffic_keeps_flowing_while_the_signal_server_restarts() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(signal_back);
+}
+
+#[test]
+fn with_udp_blocked_peers_use_the_relay_then_upgrade_to_direct() {
+    if !can_run() {
+        return;
+    }
+    use netbird_agent::lab::{Lab, LabOptions};
+    use std::time::Duration;
+    let mut lab = Lab::start(LabOptions {
+        binary: BIN.into(),
+        peers: 2,
+        timeout: Duration::from_secs(60),
+        block_udp: true,
+    })
+    .expect("lab starts");
+    lab.run().expect("peers connect through the relay");
+    let wait_for = |lab: &Lab, what: &str, secs: u64| {
+        for _ in 0..secs * 5 {
+            let st = lab.status(1).unwrap_or_default();
+            if st.contains(what) {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "status never showed {what}: {}",
+            lab.status(1).unwrap_or_default()
+        );
+    };
+    wait_for(&lab, "Connection type: Relayed", 10);
+    lab.topo.set_udp_blocked(false).unwrap();
+    wait_for(&lab, "Connection type: P2P", 90);
+    let ns = lab.topo.peer_ns(1);
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "ping",
+            "-c",
+            "3",
+            "-W",
+            "2",
+            "100.64.0.2",
+        ])
+        .output()
+        .unwrap();
+    assert!(ping.status.success());
 }

@@ -16,6 +16,9 @@ pub struct LabArgs {
     /// Seconds to wait for the first ping reply.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// Seconds to wait after the first ping before printing status.
+    #[arg(long, default_value_t = 1.5)]
+    pub settle: f64,
     /// Block UDP between the NATs, so peers must use the relay.
     #[arg(long)]
     pub block_udp: bool,
@@ -44,7 +47,7 @@ pub fn run(args: LabArgs) -> ExitCode {
     };
     let result = lab.run();
     // Status refreshes once a second: let it catch up with the handshake the ping caused.
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_secs_f64(args.settle.max(0.0)));
     for i in 1..=args.peers {
         println!("\n===== peer{i} status =====");
         match lab.status(i) {

@@ -30,6 +30,9 @@ pub struct TestbedArgs {
     /// Relay server listen address.
     #[arg(long, default_value = "127.0.0.1:33080")]
     pub relay_addr: SocketAddr,
+    /// STUN server listen address (UDP).
+    #[arg(long, default_value = "127.0.0.1:3478")]
+    pub stun_addr: SocketAddr,
     /// Secret the relay checks tokens with.
     #[arg(
         long,
@@ -54,6 +57,7 @@ pub fn run(args: TestbedArgs) -> ExitCode {
                 signal: args.signal_addr,
                 relay: args.relay_addr,
                 relay_secret: args.relay_secret,
+                stun: args.stun_addr,
             }),
             ..Default::default()
         };

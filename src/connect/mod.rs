@@ -3,9 +3,10 @@
 //! controller's relay when it differs) and the WireGuard device (which path each peer's
 //! datagrams take). One task owns all of it; callers talk to it through [`ConnManager`].
 //!
-//! ICE is not wired in yet: offers carry empty credentials, which upstream peers read as
-//! "no ICE with me" and answer by using the relay only. That is a supported NetBird mode
-//! (`NB_FORCE_RELAY`), so peers interoperate; direct paths come with the ICE integration.
+//! ICE runs on the WireGuard socket itself (the device hands us STUN datagrams and sends ours):
+//! host candidates from the interfaces, a server-reflexive one from the STUN servers in
+//! NetbirdConfig, checks by the `is` agent; a connected pair becomes the peer's direct path and
+//! wins over the relay. TURN candidates are not gathered yet.
 
 use crate::crypto::{PrivateKey, PublicKey};
 use crate::engine::ServicesConfig;
@@ -70,7 +71,16 @@ pub trait TunnelDevice: Send + Sync + 'static {
     fn inject(&self, key: &PublicKey, datagram: &[u8]);
     /// Statistics of a peer.
     fn peer_stats(&self, key: &PublicKey) -> Option<PeerStats>;
+    /// Sends a non-WireGuard datagram (STUN, ICE checks) from the WireGuard socket.
+    fn send_raw(&self, dst: SocketAddr, data: &[u8]);
+    /// Where datagrams arriving on the WireGuard socket that are not WireGuard go.
+    fn set_raw_sink(&self, sink: RawSink);
+    /// The WireGuard socket's port.
+    fn listen_port(&self) -> u16;
 }
+
+/// Receives non-WireGuard datagrams (source, bytes) from the device.
+pub type RawSink = mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>;
 
 /// Connection details of one peer for `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,10 +166,30 @@ impl Drop for ConnManager {
     }
 }
 
+struct IceSession {
+    agent: is::IceAgent,
+    /// The local address checks arrive on (our first host candidate).
+    local: SocketAddr,
+    connected: bool,
+    nominated: Option<SocketAddr>,
+}
+
 struct Slot {
     conn: PeerConn,
     relay_url: Option<String>,
     relay_task: Option<JoinHandle<()>>,
+    ice: Option<IceSession>,
+    pending_candidates: Vec<is::Candidate>,
+}
+
+/// Local IPv4 host addresses for candidates: interfaces that are up and have a MAC
+/// (so neither loopback nor our own TUN device).
+fn host_addresses(port: u16) -> Vec<SocketAddr> {
+    crate::system::interface_addresses()
+        .into_iter()
+        .filter(|a| a.net.addr().is_ipv4())
+        .map(|a| SocketAddr::new(a.net.addr(), port))
+        .collect()
 }
 
 struct State {
@@ -176,6 +206,10 @@ struct State {
     home_connecting: bool,
     foreign: HashMap<String, Arc<RelayClient>>,
     peers: HashMap<PublicKey, Slot>,
+    stun_servers: Vec<SocketAddr>,
+    stun_tid: Option<[u8; 12]>,
+    stun_next: Instant,
+    srflx: Option<SocketAddr>,
 }
 
 fn to_wire(oa: &peer::OfferAnswer) -> OfferAnswer {
@@ -213,7 +247,7 @@ impl State {
                 wg_port: self.wg_port,
                 ufrag,
                 pwd,
-                force_relay: true,
+                force_relay: false,
             },
             self.home.as_ref().map(|h| h.instance_url()),
             now,
@@ -254,7 +288,15 @@ impl State {
                 Effect::SendAnswer(oa) => {
                     self.send_signal(key, SignalMessage::Answer(to_wire(&oa)))
                 }
-                Effect::StartIce { .. } | Effect::StopIce => {}
+                Effect::StartIce {
+                    remote,
+                    controlling,
+                } => self.start_ice(key, remote, controlling),
+                Effect::StopIce => {
+                    if let Some(slot) = self.peers.get_mut(&key) {
+                        slot.ice = None;
+                    }
+                }
                 Effect::OpenRelay(url) => self.open_relay(key, url),
                 Effect::CloseRelay => {
                     if let Some(slot) = self.peers.get_mut(&key) {
@@ -368,10 +410,15 @@ impl State {
         match msg.message {
             SignalMessage::Offer(oa) => slot.conn.on_offer(from_wire(&oa), now),
             SignalMessage::Answer(oa) => slot.conn.on_answer(from_wire(&oa), now),
-            SignalMessage::Candidate(_)
-            | SignalMessage::Mode { .. }
-            | SignalMessage::GoIdle
-            | SignalMessage::Heartbeat => {}
+            SignalMessage::Candidate(text) => match crate::ice::candidate_from_signal(&text) {
+                Some(c) => match slot.ice.as_mut() {
+                    Some(ice) => ice.agent.add_remote_candidate(c),
+                    None if slot.pending_candidates.len() < 64 => slot.pending_candidates.push(c),
+                    None => {}
+                },
+                None => tracing::debug!(peer = %msg.from, "unparsable candidate dropped"),
+            },
+            SignalMessage::Mode { .. } | SignalMessage::GoIdle | SignalMessage::Heartbeat => {}
         }
         self.run_effects(msg.from);
     }
@@ -405,6 +452,8 @@ impl State {
                         conn,
                         relay_url: None,
                         relay_task: None,
+                        ice: None,
+                        pending_candidates: Vec::new(),
                     },
                 );
                 self.publish(k);
@@ -412,7 +461,174 @@ impl State {
         }
     }
 
+    fn start_ice(&mut self, key: PublicKey, remote: peer::IceParams, controlling: bool) {
+        let hosts = host_addresses(self.device.listen_port());
+        let Some(first) = hosts.first().copied() else {
+            tracing::debug!("no host addresses for ICE");
+            return;
+        };
+        let srflx = self.srflx;
+        let Some(slot) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let (ufrag, pwd) = slot.conn.local_credentials();
+        let mut agent = is::IceAgent::new(is::IceCreds {
+            ufrag: ufrag.to_string(),
+            pass: pwd.to_string(),
+        });
+        agent.set_controlling(controlling);
+        agent.set_remote_credentials(is::IceCreds {
+            ufrag: remote.ufrag,
+            pass: remote.pwd,
+        });
+        let mut texts = Vec::new();
+        for h in &hosts {
+            if let Ok(c) = is::Candidate::host(*h, "udp") {
+                if let Some(added) = agent.add_local_candidate(c) {
+                    texts.push(crate::ice::candidate_to_signal(added));
+                }
+            }
+        }
+        if let Some(r) = srflx {
+            if let Ok(c) = is::Candidate::server_reflexive(r, first, "udp") {
+                if let Some(added) = agent.add_local_candidate(c) {
+                    texts.push(crate::ice::candidate_to_signal(added));
+                }
+            }
+        }
+        for c in slot.pending_candidates.drain(..) {
+            agent.add_remote_candidate(c);
+        }
+        slot.ice = Some(IceSession {
+            agent,
+            local: first,
+            connected: false,
+            nominated: None,
+        });
+        for t in texts {
+            self.send_signal(key, SignalMessage::Candidate(t));
+        }
+    }
+
+    fn on_raw(&mut self, from: SocketAddr, data: Vec<u8>) {
+        if let Some((tid, addr)) = crate::ice::stun::parse_binding_response(&data) {
+            if Some(tid) == self.stun_tid {
+                if self.srflx != Some(addr) {
+                    tracing::info!("server-reflexive address learned");
+                    self.srflx = Some(addr);
+                    self.add_srflx_to_agents(addr);
+                }
+                return;
+            }
+        }
+        let now = Instant::now();
+        tracing::trace!(%from, len = data.len(), "STUN datagram on the WireGuard socket");
+        for slot in self.peers.values_mut() {
+            let Some(ice) = slot.ice.as_mut() else {
+                continue;
+            };
+            let Ok(msg) = is::stun::StunMessage::parse(&data) else {
+                return;
+            };
+            if ice.agent.accepts_message(&msg) {
+                ice.agent.handle_packet(
+                    now,
+                    is::stun::StunPacket {
+                        proto: is::Protocol::Udp,
+                        source: from,
+                        destination: ice.local,
+                        message: msg,
+                    },
+                );
+                return;
+            }
+        }
+    }
+
+    fn add_srflx_to_agents(&mut self, addr: SocketAddr) {
+        let mut out = Vec::new();
+        for (k, slot) in self.peers.iter_mut() {
+            let Some(ice) = slot.ice.as_mut() else {
+                continue;
+            };
+            if let Ok(c) = is::Candidate::server_reflexive(addr, ice.local, "udp") {
+                if let Some(added) = ice.agent.add_local_candidate(c) {
+                    out.push((*k, crate::ice::candidate_to_signal(added)));
+                }
+            }
+        }
+        for (k, t) in out {
+            self.send_signal(k, SignalMessage::Candidate(t));
+        }
+    }
+
+    /// Drives every ICE agent: timers, outgoing checks, connection changes.
+    fn drive_ice(&mut self, now: Instant) {
+        if !self.stun_servers.is_empty() && now >= self.stun_next {
+            let tid: [u8; 12] = rand::random();
+            self.stun_tid = Some(tid);
+            for s in &self.stun_servers {
+                self.device
+                    .send_raw(*s, &crate::ice::stun::binding_request(tid));
+            }
+            self.stun_next = now
+                + if self.srflx.is_some() {
+                    Duration::from_secs(25)
+                } else {
+                    Duration::from_secs(1)
+                };
+        }
+        let keys: Vec<PublicKey> = self.peers.keys().copied().collect();
+        for k in keys {
+            let Some(slot) = self.peers.get_mut(&k) else {
+                continue;
+            };
+            let Some(ice) = slot.ice.as_mut() else {
+                continue;
+            };
+            ice.agent.handle_timeout(now);
+            while let Some(t) = ice.agent.poll_transmit() {
+                self.device.send_raw(t.destination, &t.contents);
+            }
+            let mut lost = false;
+            while let Some(ev) = ice.agent.poll_event() {
+                match ev {
+                    is::IceAgentEvent::NominatedSend { destination, .. } => {
+                        ice.nominated = Some(destination);
+                        if ice.connected {
+                            slot.conn.on_ice_connected(destination, false, now);
+                        }
+                    }
+                    is::IceAgentEvent::IceConnectionStateChange(st) if st.is_connected() => {
+                        if !ice.connected {
+                            tracing::info!(peer = %k, "ICE connected");
+                        }
+                        ice.connected = true;
+                        if let Some(d) = ice.nominated {
+                            slot.conn.on_ice_connected(d, false, now);
+                        }
+                    }
+                    is::IceAgentEvent::IceConnectionStateChange(st) if st.is_disconnected() => {
+                        lost = true
+                    }
+                    _ => {}
+                }
+            }
+            if lost {
+                tracing::info!(peer = %k, "ICE disconnected");
+                slot.ice = None;
+                slot.conn.on_ice_lost(now);
+            }
+            self.run_effects(k);
+        }
+    }
+
     fn set_services(&mut self, s: ServicesConfig) {
+        self.stun_servers = s
+            .stuns
+            .iter()
+            .filter_map(|u| crate::ice::parse_stun_uri(u))
+            .collect();
         if let Some((addr, tls)) = s.signal.clone() {
             if self.signal_addr.as_ref() != Some(&(addr.clone(), tls)) {
                 match SignalClient::start(SignalConfig::new(addr.clone(), tls), self.key.clone()) {
@@ -486,7 +702,13 @@ async fn run(
         home_connecting: false,
         foreign: HashMap::new(),
         peers: HashMap::new(),
+        stun_servers: Vec::new(),
+        stun_tid: None,
+        stun_next: Instant::now(),
+        srflx: None,
     };
+    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel();
+    st.device.set_raw_sink(raw_tx);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut last_registrations = 0;
     loop {
@@ -497,6 +719,7 @@ async fn run(
                 Some(Command::Services(s)) => st.set_services(s),
             },
             Some(m) = sig_rx.recv() => st.on_signal(m),
+            Some((from, data)) = raw_rx.recv() => st.on_raw(from, data),
             Some(ev) = event_rx.recv() => match ev {
                 Event::HomeRelay(Ok(client)) => {
                     st.home_connecting = false;
@@ -555,6 +778,7 @@ async fn run(
                         }
                     }
                 }
+                st.drive_ice(now);
                 let keys: Vec<PublicKey> = st.peers.keys().copied().collect();
                 let mut rng = rand::thread_rng();
                 for k in keys {

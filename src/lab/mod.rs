@@ -154,6 +154,12 @@ pub struct Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::env::var_os("NB_LAB_KEEP_LOGS").is_some() {
+            for i in 1..=self.opts.peers {
+                let log = self.dir.path().join(format!("peer{i}.log"));
+                let _ = std::fs::copy(&log, format!("/tmp/nb-lab-peer{i}.log"));
+            }
+        }
         self.daemons.clear();
         self.testbed.take();
     }
@@ -198,6 +204,7 @@ impl Lab {
                 "--relay-addr",
                 &format!("{server}:33080"),
             ])
+            .args(["--stun-addr", &format!("{server}:3478")])
             .arg("--create-setup-key")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

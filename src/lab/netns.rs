@@ -218,6 +218,27 @@ impl Topology {
                     "nft",
                     "add rule ip nat post oifname \"wan\" masquerade",
                 ]),
+                // Like a home router: unsolicited UDP to the router itself is dropped before its
+                // conntrack entry is confirmed, so a stray early check cannot pin the port.
+                Cmd::new(&[
+                    "ip", "netns", "exec", &r, "nft", "add", "table", "inet", "fw",
+                ]),
+                Cmd::new(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &r,
+                    "nft",
+                    "add chain inet fw in { type filter hook input priority 0 ; }",
+                ]),
+                Cmd::new(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &r,
+                    "nft",
+                    "add rule inet fw in iifname \"wan\" meta l4proto udp ct state new drop",
+                ]),
             ]);
         }
         for c in &cmds {
@@ -246,7 +267,7 @@ impl Topology {
                 "exec",
                 &self.wan,
                 "nft",
-                "add chain inet lab fwd { type filter hook forward priority 0 ; }",
+                "add chain inet lab blockudp { type filter hook forward priority 0 ; }",
             ])
             .run()?;
             Cmd::new(&[
@@ -255,7 +276,7 @@ impl Topology {
                 "exec",
                 &self.wan,
                 "nft",
-                "add rule inet lab fwd meta l4proto udp drop",
+                "add rule inet lab blockudp meta l4proto udp drop",
             ])
             .run()?;
         }

@@ -177,6 +177,11 @@ impl PeerConn {
         self.controller
     }
 
+    /// Our ICE ufrag and password for this connection.
+    pub fn local_credentials(&self) -> (&str, &str) {
+        (&self.cfg.ufrag, &self.cfg.pwd)
+    }
+
     /// Our current ICE session id.
     pub fn session_id(&self) -> [u8; 5] {
         self.session_id

@@ -178,7 +178,7 @@ fn header(buf: &[u8]) -> Result<u8, FrameError> {
 }
 
 fn ids(body: &[u8]) -> Result<Vec<PeerId>, FrameError> {
-    if body.len() % PEER_ID_LEN != 0 {
+    if !body.len().is_multiple_of(PEER_ID_LEN) {
         return Err(FrameError::IdList(body.len()));
     }
     Ok(body

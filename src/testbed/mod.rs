@@ -7,6 +7,7 @@ pub mod mgmt;
 pub mod oidc;
 pub mod relay_server;
 pub mod signal_server;
+pub mod stun_server;
 
 use crate::crypto::PrivateKey;
 use crate::proto::management as pb;
@@ -62,6 +63,8 @@ pub struct ServiceAddrs {
     pub relay: SocketAddr,
     /// Secret the relay checks tokens with.
     pub relay_secret: String,
+    /// STUN server address.
+    pub stun: SocketAddr,
 }
 
 impl Default for TestbedConfig {
@@ -95,6 +98,8 @@ pub struct Testbed {
     pub signal: Option<signal_server::SignalServerHandle>,
     /// The relay server, when started.
     pub relay: Option<relay_server::RelayServerHandle>,
+    /// The STUN server, when started.
+    pub stun: Option<stun_server::StunServerHandle>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, TestbedError> {
@@ -130,6 +135,7 @@ impl Testbed {
         let mut netbird_config = cfg.netbird_config.clone();
         let mut signal = None;
         let mut relay = None;
+        let mut stun = None;
         if let Some(svc) = &cfg.services {
             let bind_err = |addr: SocketAddr| move |source| TestbedError::Bind { addr, source };
             let s = signal_server::start(svc.signal)
@@ -152,8 +158,16 @@ impl Testbed {
                 token_payload: payload,
                 token_signature: signature,
             });
+            let st = stun_server::start(svc.stun)
+                .await
+                .map_err(bind_err(svc.stun))?;
+            netbird_config.stuns = vec![pb::HostConfig {
+                uri: format!("stun:{}", st.addr()),
+                protocol: pb::host_config::Protocol::Udp as i32,
+            }];
             signal = Some(s);
             relay = Some(r);
+            stun = Some(st);
         }
         let shared = Arc::new(Shared::new(account, PrivateKey::generate(), netbird_config));
         let listener = bind(cfg.mgmt_addr).await?;
@@ -171,6 +185,7 @@ impl Testbed {
             admin: None,
             signal,
             relay,
+            stun,
         };
         if let Some(addr) = cfg.admin_addr {
             let listener = bind(addr).await?;

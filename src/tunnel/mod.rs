@@ -58,6 +58,7 @@ struct Inner {
     fwmark: std::sync::atomic::AtomicU32,
     peers: RwLock<HashMap<PublicKey, Arc<Peer>>>,
     routes: RwLock<allowed::AllowedIps<PublicKey>>,
+    raw_sink: RwLock<Option<crate::connect::RawSink>>,
     by_index: RwLock<HashMap<u32, Arc<Peer>>>,
     next_index: AtomicU32,
     running: AtomicBool,
@@ -107,6 +108,7 @@ impl UserspaceTunnel {
             fwmark: std::sync::atomic::AtomicU32::new(0),
             peers: RwLock::new(HashMap::new()),
             routes: RwLock::new(allowed::AllowedIps::default()),
+            raw_sink: RwLock::new(None),
             by_index: RwLock::new(HashMap::new()),
             next_index: AtomicU32::new(1),
             running: AtomicBool::new(true),
@@ -365,7 +367,15 @@ fn udp_loop(inner: Arc<Inner>) {
         };
         let d = &buf[..n];
         if !is_wireguard(d) {
-            inner.counters.bad_datagrams.fetch_add(1, Ordering::Relaxed);
+            let sink = inner.raw_sink.read().ok().and_then(|s| s.clone());
+            match sink {
+                Some(s) if crate::ice::is_stun(d) => {
+                    let _ = s.send((from, d.to_vec()));
+                }
+                _ => {
+                    inner.counters.bad_datagrams.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             continue;
         }
         let peer = match Tunn::parse_incoming_packet(d) {
@@ -544,6 +554,20 @@ impl TunnelDevice for UserspaceTunnel {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    fn send_raw(&self, dst: SocketAddr, data: &[u8]) {
+        let _ = self.inner.udp().send_to(data, dst);
+    }
+
+    fn set_raw_sink(&self, sink: crate::connect::RawSink) {
+        if let Ok(mut s) = self.inner.raw_sink.write() {
+            *s = Some(sink);
+        }
+    }
+
+    fn listen_port(&self) -> u16 {
+        self.port()
     }
 
     fn peer_stats(&self, key: &PublicKey) -> Option<PeerStats> {

@@ -19,6 +19,9 @@ pub struct LabArgs {
     /// Seconds to wait after the first ping before printing status.
     #[arg(long, default_value_t = 1.5)]
     pub settle: f64,
+    /// After the ping, run iperf3 from peer1 to peer2 across the tunnel for this many seconds.
+    #[arg(long)]
+    pub iperf: Option<u64>,
     /// Block UDP between the NATs, so peers must use the relay.
     #[arg(long)]
     pub block_udp: bool,
@@ -53,6 +56,16 @@ pub fn run(args: LabArgs) -> ExitCode {
         match lab.status(i) {
             Ok(s) => print!("{s}"),
             Err(e) => println!("{e}"),
+        }
+    }
+    if let (Ok(report), Some(secs)) = (&result, args.iperf) {
+        if let Some(target) = report.overlay_ips.get(1) {
+            match lab.iperf(target, secs) {
+                Ok(gbps) => {
+                    println!("\nlab: iperf3 peer1 -> peer2 across the tunnel: {gbps:.3} Gbit/s")
+                }
+                Err(e) => println!("\nlab: iperf3 failed: {e}"),
+            }
         }
     }
     match result {

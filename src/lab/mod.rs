@@ -353,6 +353,25 @@ impl Lab {
         self.testbed.as_ref().map(|p| p.child.id())
     }
 
+    /// Runs iperf3 from peer1 to `target` for `secs` seconds; returns Gbit/s received.
+    pub fn iperf(&mut self, target: &str, secs: u64) -> Result<f64, LabError> {
+        let ns2 = self.topo.peer_ns(2);
+        let mut server = Command::new("ip");
+        server
+            .args(["netns", "exec", &ns2, "iperf3", "-s", "-1", "-B", target])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let _server = Proc::spawn("iperf3 server", &mut server)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let out = self.exec(1, "iperf3", &["-c", target, "-t", &secs.to_string(), "-J"])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| LabError::Failed(format!("iperf3 output: {e}")))?;
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .map(|b| b / 1e9)
+            .ok_or_else(|| LabError::Failed("iperf3 reported no result".into()))
+    }
+
     /// Work directory with logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -91,6 +91,10 @@ pub struct PeerConnInfo {
     pub relay_address: String,
     /// When the path last changed.
     pub since: SystemTime,
+    /// ICE pair of a direct path: (local type, local endpoint, remote type, remote endpoint).
+    pub ice_pair: Option<(String, String, String, String)>,
+    /// Round-trip time of the ICE pair.
+    pub latency: Option<Duration>,
 }
 
 /// Connection lines for status.
@@ -180,6 +184,47 @@ struct Slot {
     relay_task: Option<JoinHandle<()>>,
     ice: Option<IceSession>,
     pending_candidates: Vec<is::Candidate>,
+}
+
+fn kind_name(k: is::CandidateKind) -> &'static str {
+    match k {
+        is::CandidateKind::Host => "host",
+        is::CandidateKind::ServerReflexive => "srflx",
+        is::CandidateKind::PeerReflexive => "prflx",
+        is::CandidateKind::Relayed => "relay",
+    }
+}
+
+/// Types and endpoints of the nominated pair: the remote side from the candidate the agent
+/// sends to; the local side is the candidate it was formed from (our host address, or our
+/// reflexive one if the remote is outside our network).
+fn selected_pair(ice: &IceSession) -> Option<(String, String, String, String)> {
+    let dest = ice.nominated?;
+    let remote = ice.agent.remote_candidates().find(|c| c.addr() == dest);
+    let remote_kind = remote.map(|c| kind_name(c.kind())).unwrap_or("prflx");
+    let local = if remote_kind == "host" {
+        ice.agent
+            .local_candidates()
+            .find(|c| c.kind() == is::CandidateKind::Host)
+    } else {
+        ice.agent
+            .local_candidates()
+            .find(|c| c.kind() == is::CandidateKind::ServerReflexive)
+            .or_else(|| {
+                ice.agent
+                    .local_candidates()
+                    .find(|c| c.kind() == is::CandidateKind::Host)
+            })
+    };
+    let (lk, la) = local
+        .map(|c| (kind_name(c.kind()), c.addr().to_string()))
+        .unwrap_or(("host", ice.local.to_string()));
+    Some((
+        lk.to_string(),
+        la,
+        remote_kind.to_string(),
+        dest.to_string(),
+    ))
 }
 
 /// Local IPv4 host addresses for candidates: interfaces that are up and have a MAC
@@ -272,6 +317,12 @@ impl State {
                         String::new()
                     },
                     since,
+                    ice_pair: if matches!(info.path, PathKind::IceDirect | PathKind::IceTurn) {
+                        slot.ice.as_ref().and_then(selected_pair)
+                    } else {
+                        None
+                    },
+                    latency: slot.ice.as_ref().and_then(|i| i.agent.nominated_pair_rtt()),
                 },
             );
         }

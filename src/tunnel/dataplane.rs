@@ -132,6 +132,13 @@ impl DataPlane for UserspaceDataPlane {
                 p.conn_status_update = info.since;
                 p.relayed = matches!(info.path, PathKind::Relay | PathKind::IceTurn);
                 p.relay_address = info.relay_address;
+                if let Some((lt, le, rt, re)) = info.ice_pair {
+                    p.local_ice_type = lt;
+                    p.local_endpoint = le;
+                    p.remote_ice_type = rt;
+                    p.remote_endpoint = re;
+                }
+                p.latency = info.latency;
             }
             if let Some(st) = self.tunnel.peer_stats(&p.key) {
                 p.last_handshake = st.last_handshake;

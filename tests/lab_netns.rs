@@ -27,7 +27,7 @@ fn lab_peers_behind_nat_connect_directly() {
         return;
     }
     let child = Command::new(BIN)
-        .args(["lab", "--timeout", "60"])
+        .args(["lab", "--timeout", "60", "--settle", "6"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -70,17 +70,30 @@ pub fn run(args: RunArgs, log_control: Option<LogControl>) -> ExitCode {
             Ok(l) => l,
             Err(e) => return exit::fail(exit::GENERAL, e),
         };
+        // Signal handlers go in before READY, so a stop right after READY is handled cleanly.
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    return exit::fail(
+                        exit::GENERAL,
+                        format!("installing the SIGTERM handler: {e}"),
+                    )
+                }
+            };
+        let mut int = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        {
+            Ok(s) => s,
+            Err(e) => {
+                return exit::fail(exit::GENERAL, format!("installing the SIGINT handler: {e}"))
+            }
+        };
         tracing::info!("daemon listening on {}", socket.display());
         netbird_agent::system::sdnotify::notify_ready();
-        let shutdown = async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return std::future::pending().await,
-                };
+        let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
             }
         };
         let shutdown = async {

@@ -59,6 +59,10 @@ impl LoginError {
             Code::PermissionDenied => LoginError::NeedsLogin(msg),
             Code::NotFound if lower.contains("setup key") => LoginError::InvalidSetupKey(msg),
             Code::NotFound => LoginError::Rejected(msg),
+            // A one-off key used up during registration comes back as FailedPrecondition.
+            Code::FailedPrecondition if lower.contains("setup key is invalid") => {
+                LoginError::InvalidSetupKey(msg)
+            }
             Code::FailedPrecondition if lower.contains("already registered") => {
                 LoginError::AlreadyRegistered
             }
@@ -115,5 +119,49 @@ impl MgmtError {
 impl From<tonic::Status> for MgmtError {
     fn from(s: tonic::Status) -> Self {
         MgmtError::Status(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_actionable_errors() {
+        let m = |code, msg: &str| LoginError::from_status(tonic::Status::new(code, msg));
+        assert!(matches!(
+            m(Code::NotFound, "couldn't add peer: setup key is invalid"),
+            LoginError::InvalidSetupKey(_)
+        ));
+        assert!(matches!(
+            m(
+                Code::FailedPrecondition,
+                "couldn't add peer: setup key is invalid"
+            ),
+            LoginError::InvalidSetupKey(_)
+        ));
+        assert!(matches!(
+            m(Code::FailedPrecondition, "peer has been already registered"),
+            LoginError::AlreadyRegistered
+        ));
+        assert!(matches!(
+            m(
+                Code::PermissionDenied,
+                "peer login has expired, please log in once more"
+            ),
+            LoginError::LoginExpired(_)
+        ));
+        assert!(matches!(
+            m(
+                Code::PermissionDenied,
+                "user pending approval cannot add peers"
+            ),
+            LoginError::PendingApproval(_)
+        ));
+        assert!(matches!(
+            m(Code::PermissionDenied, "peer is not registered"),
+            LoginError::NeedsLogin(_)
+        ));
+        assert!(m(Code::Unavailable, "down").is_transient());
     }
 }

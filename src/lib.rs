@@ -10,6 +10,7 @@ pub mod mgmt;
 pub mod system;
 #[cfg(feature = "testbed")]
 pub mod testbed;
+pub mod wg;
 
 /// Generated protobuf types and gRPC stubs, wire-compatible with NetBird's.
 pub mod proto {

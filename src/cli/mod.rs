@@ -4,6 +4,8 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod wireguard;
+
 /// NetBird-compatible peer agent for Linux.
 #[derive(Debug, Parser)]
 #[command(name = "netbird-agent", version, about, propagate_version = true)]
@@ -18,6 +20,8 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Standalone userspace WireGuard interface served over the UAPI socket (like wireguard-go).
+    Wireguard(wireguard::Args),
 }
 
 /// Sets up logging to stderr in a form journald keeps.
@@ -34,5 +38,7 @@ pub fn init_logging(level: &str) {
 /// Runs the parsed command and maps its result to an exit code.
 pub fn run(cli: Cli) -> ExitCode {
     init_logging(&cli.log_level);
-    match cli.command {}
+    match cli.command {
+        Command::Wireguard(a) => wireguard::run(a),
+    }
 }

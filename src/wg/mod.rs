@@ -11,9 +11,11 @@
 pub mod allowed_ips;
 pub mod kernel;
 pub mod link;
+pub mod offload;
 pub mod packet;
 pub mod tun;
 pub mod uapi;
+pub mod udp;
 pub mod userspace;
 
 use crate::crypto::{PrivateKey, PublicKey};

@@ -12,6 +12,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO6: libc::c_uint = 0x04;
 
 /// `struct ifreq` with the flags member of the union (40 bytes on Linux).
 #[repr(C)]
@@ -36,12 +41,37 @@ pub fn valid_ifname(name: &str) -> bool {
 pub struct Tun {
     fd: OwnedFd,
     name: String,
+    vnet: bool,
 }
 
 impl Tun {
-    /// Creates (or attaches to) TUN interface `name`. The interface exists while the returned
-    /// value (its file descriptor) lives.
+    /// Creates TUN interface `name` with offloads when the kernel has them: every packet then
+    /// carries a `virtio_net_hdr` ([`Tun::vnet_hdr`]) and reads may return TSO packets (see
+    /// [`super::offload`]). Falls back to a plain TUN device.
+    pub fn create_with_offloads(name: &str) -> io::Result<Tun> {
+        match Self::open(name, true) {
+            Ok(t) => {
+                let flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+                // SAFETY: TUNSETOFFLOAD takes an unsigned int argument by value.
+                let rc = unsafe { libc::ioctl(t.fd.as_raw_fd(), TUNSETOFFLOAD as _, flags) };
+                if rc == 0 {
+                    return Ok(t);
+                }
+                tracing::debug!("TUN offloads unavailable: {}", io::Error::last_os_error());
+                drop(t);
+                Self::open(name, false)
+            }
+            Err(_) => Self::open(name, false),
+        }
+    }
+
+    /// Creates (or attaches to) TUN interface `name` without offloads. The interface exists while
+    /// the returned value (its file descriptor) lives.
     pub fn create(name: &str) -> io::Result<Tun> {
+        Self::open(name, false)
+    }
+
+    fn open(name: &str, vnet: bool) -> io::Result<Tun> {
         if !valid_ifname(name) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -58,7 +88,7 @@ impl Tun {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let mut req = IfReqFlags {
             name: [0; libc::IFNAMSIZ],
-            flags: IFF_TUN | IFF_NO_PI,
+            flags: IFF_TUN | IFF_NO_PI | if vnet { IFF_VNET_HDR } else { 0 },
             _pad: [0; 22],
         };
         for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
@@ -78,7 +108,13 @@ impl Tun {
         Ok(Tun {
             fd,
             name: String::from_utf8_lossy(&actual).into_owned(),
+            vnet,
         })
+    }
+
+    /// True when every packet read or written carries a `virtio_net_hdr`.
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet
     }
 
     /// Interface name as the kernel assigned it.
@@ -116,6 +152,26 @@ impl Tun {
     pub fn write(&self, packet: &[u8]) -> io::Result<usize> {
         // SAFETY: `packet` is valid for reads of `packet.len()` bytes.
         let n = unsafe { libc::write(self.fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Writes one packet given in two parts (a virtio_net_hdr and the IP packet) with `writev`.
+    pub fn write_vectored(&self, head: &[u8], packet: &[u8]) -> io::Result<usize> {
+        let iov = [
+            libc::iovec {
+                iov_base: head.as_ptr() as *mut libc::c_void,
+                iov_len: head.len(),
+            },
+            libc::iovec {
+                iov_base: packet.as_ptr() as *mut libc::c_void,
+                iov_len: packet.len(),
+            },
+        ];
+        // SAFETY: both iovecs describe live, readable slices.
+        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }

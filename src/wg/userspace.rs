@@ -15,8 +15,10 @@
 //! [`UserspaceDevice::send_foreign`] on the same socket and port.
 
 use super::allowed_ips::AllowedIps;
+use super::offload::{self, VnetHdr, VNET_HDR_LEN};
 use super::packet::{classify, DatagramKind};
 use super::tun::Tun;
+use super::udp::{Socket, MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
 use super::{
     DeviceKind, DeviceState, DeviceUpdate, PeerState, PeerUpdate, PresharedKey, PrivateKeyBytes,
     WgDevice, WgError,
@@ -30,7 +32,8 @@ use ipnet::IpNet;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,6 +49,8 @@ const WG_OVERHEAD: usize = 32;
 const HANDSHAKE_RATE_LIMIT: u64 = 200;
 /// Timer tick, as boringtun's own device uses.
 const TIMER_TICK: Duration = Duration::from_millis(250);
+/// Size of the buffer that collects the encrypted datagrams of one TUN read.
+const OUT_ARENA: usize = 4 * MAX_PACKET;
 /// How long blocking reads wait before checking for shutdown.
 const READ_TIMEOUT: Duration = Duration::from_millis(250);
 
@@ -145,103 +150,6 @@ struct StaticKeys {
     rate_limiter: Arc<RateLimiter>,
 }
 
-/// The UDP socket with the port it was asked for.
-struct Socket {
-    sock: UdpSocket,
-    v6: bool,
-    port: u16,
-    generation: u64,
-}
-
-impl Socket {
-    fn bind(port: u16, fwmark: u32, buf: usize, generation: u64) -> io::Result<Socket> {
-        use socket2::{Domain, Protocol, Socket as S2, Type};
-        let (sock, v6) = match S2::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)) {
-            Ok(s) => {
-                s.set_only_v6(false)?;
-                let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
-                match s.bind(&addr.into()) {
-                    Ok(()) => (s, true),
-                    Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(e),
-                    Err(_) => Self::bind_v4(port)?,
-                }
-            }
-            Err(_) => Self::bind_v4(port)?,
-        };
-        set_buffer(&sock, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, buf);
-        set_buffer(&sock, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, buf);
-        if fwmark != 0 {
-            sock.set_mark(fwmark)?;
-        }
-        sock.set_read_timeout(Some(READ_TIMEOUT))?;
-        let sock: UdpSocket = sock.into();
-        let port = sock.local_addr()?.port();
-        Ok(Socket {
-            sock,
-            v6,
-            port,
-            generation,
-        })
-    }
-
-    fn bind_v4(port: u16) -> io::Result<(socket2::Socket, bool)> {
-        use socket2::{Domain, Protocol, Socket as S2, Type};
-        let s = S2::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
-        Ok((s, false))
-    }
-
-    fn send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<usize> {
-        match (to, self.v6) {
-            (SocketAddr::V4(a), true) => self.sock.send_to(
-                data,
-                SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0),
-            ),
-            (SocketAddr::V6(_), false) => Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "IPv6 destination on an IPv4-only socket",
-            )),
-            _ => self.sock.send_to(data, to),
-        }
-    }
-
-    fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        let (n, from) = self.sock.recv_from(buf)?;
-        Ok((n, unmap(from)))
-    }
-}
-
-/// Turns a v4-mapped IPv6 source into the IPv4 address it stands for.
-fn unmap(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::from((v4, v6.port())),
-            None => a,
-        },
-        v4 => v4,
-    }
-}
-
-/// Sets a socket buffer size, forcing past the sysctl limit when privileged.
-fn set_buffer(sock: &socket2::Socket, force_opt: libc::c_int, opt: libc::c_int, size: usize) {
-    let val = size.min(i32::MAX as usize) as libc::c_int;
-    let set = |o: libc::c_int| {
-        // SAFETY: setsockopt with a valid int option value on a socket we own.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                o,
-                (&val as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
-    };
-    if set(force_opt) != 0 {
-        let _ = set(opt);
-    }
-}
-
 struct Inner {
     me: std::sync::Weak<Inner>,
     name: String,
@@ -269,9 +177,15 @@ impl UserspaceDevice {
     /// Creates TUN interface `name`, binds the UDP socket and starts the data-plane threads.
     /// Address, MTU and link state are set separately (see [`super::link`]).
     pub fn create(name: &str, opts: Options) -> Result<Arc<Self>, WgError> {
-        let tun = Arc::new(Tun::create(name)?);
+        let tun = Arc::new(Tun::create_with_offloads(name)?);
         tun.set_nonblocking()?;
-        let socket = Arc::new(Socket::bind(opts.listen_port, 0, opts.socket_buffer, 1)?);
+        let socket = Arc::new(Socket::bind(
+            opts.listen_port,
+            0,
+            opts.socket_buffer,
+            1,
+            READ_TIMEOUT,
+        )?);
         let inner = Arc::new_cyclic(|me| Inner {
             me: me.clone(),
             name: tun.name().to_string(),
@@ -432,24 +346,69 @@ impl Inner {
     // ---- outbound: TUN -> peers -------------------------------------------------------------
 
     fn tun_loop(&self, tun: &Tun) {
-        let mut buf = vec![0u8; MAX_PACKET];
-        let mut out = vec![0u8; MAX_PACKET + WG_OVERHEAD];
+        let vnet = tun.vnet_hdr();
+        let mut buf = vec![0u8; MAX_PACKET + VNET_HDR_LEN];
+        let mut arena: Vec<u8> = Vec::with_capacity(2 * MAX_PACKET);
+        let mut segs: Vec<Range<usize>> = Vec::with_capacity(64);
+        let mut out = vec![0u8; OUT_ARENA];
+        let mut sent: Vec<(usize, usize)> = Vec::with_capacity(64);
         while !self.stopped() {
-            match tun.read(&mut buf) {
+            let n = match tun.read(&mut buf) {
                 Ok(0) => continue,
-                Ok(n) => self.handle_tun_packet(&buf[..n], &mut out),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(tun, READ_TIMEOUT),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_readable(tun, READ_TIMEOUT);
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::warn!("reading TUN {}: {e}", self.name);
                     std::thread::sleep(Duration::from_millis(100));
+                    continue;
                 }
+            };
+            segs.clear();
+            if !vnet {
+                segs.push(0..n);
+                self.handle_tun_segments(&buf, &segs, &mut out, &mut sent);
+                continue;
+            }
+            let Some(h) = VnetHdr::parse(&buf[..n]) else {
+                inc(&self.counters.tx_invalid);
+                continue;
+            };
+            if h.gso_type == offload::GSO_NONE {
+                let pkt = &mut buf[VNET_HDR_LEN..n];
+                if h.flags & offload::F_NEEDS_CSUM != 0
+                    && offload::complete_checksum(pkt, &h).is_err()
+                {
+                    inc(&self.counters.tx_invalid);
+                    continue;
+                }
+                segs.push(VNET_HDR_LEN..n);
+                self.handle_tun_segments(&buf, &segs, &mut out, &mut sent);
+            } else {
+                arena.clear();
+                if offload::tso_segment(&buf[VNET_HDR_LEN..n], &h, &mut arena, &mut segs).is_err() {
+                    inc(&self.counters.tx_invalid);
+                    continue;
+                }
+                self.handle_tun_segments(&arena, &segs, &mut out, &mut sent);
             }
         }
     }
 
-    fn handle_tun_packet(&self, pkt: &[u8], out: &mut [u8]) {
-        let Some(dst) = Tunn::dst_address(pkt) else {
+    /// Encrypts packets `base[segs]` (one read from the TUN device: a single packet or the
+    /// segments of one TSO packet, so one destination) and sends them as a batch.
+    fn handle_tun_segments(
+        &self,
+        base: &[u8],
+        segs: &[Range<usize>],
+        out: &mut [u8],
+        sent: &mut Vec<(usize, usize)>,
+    ) {
+        let Some(first) = segs.first() else { return };
+        let Some(dst) = Tunn::dst_address(&base[first.clone()]) else {
             inc(&self.counters.tx_invalid);
             return;
         };
@@ -458,48 +417,92 @@ impl Inner {
             inc(&self.counters.tx_no_route);
             return;
         };
-        let len = {
+        sent.clear();
+        {
             let mut g = peer.tunn.lock();
             let Some(t) = g.as_mut() else { return };
-            match t.encapsulate(pkt, out) {
-                TunnResult::WriteToNetwork(p) => p.len(),
-                TunnResult::Err(e) => {
-                    tracing::trace!("encapsulate: {e:?}");
-                    return;
+            let mut cursor = 0;
+            for r in segs {
+                let pkt = &base[r.clone()];
+                // boringtun needs room for the packet, its overhead and padding, and at least
+                // a handshake initiation.
+                if out.len() - cursor < pkt.len() + WG_OVERHEAD + 16 + 148 {
+                    inc(&self.counters.tx_errors);
+                    break;
                 }
-                _ => return,
+                match t.encapsulate(pkt, &mut out[cursor..]) {
+                    TunnResult::WriteToNetwork(p) => {
+                        let len = p.len();
+                        sent.push((cursor, len));
+                        cursor += len;
+                    }
+                    TunnResult::Err(e) => tracing::trace!("encapsulate: {e:?}"),
+                    _ => {}
+                }
             }
-        };
-        self.send_to_peer(&peer, &out[..len]);
+        }
+        self.send_batch(&peer, out, sent);
+    }
+
+    /// Sends datagrams `buf[off..off+len]` (contiguous, in order) to `peer`: through its path one
+    /// by one, or to its endpoint in runs of equal size with UDP GSO.
+    fn send_batch(&self, peer: &Peer, buf: &[u8], items: &[(usize, usize)]) {
+        if items.is_empty() {
+            return;
+        }
+        let route = peer.route.read();
+        let mut ok_bytes = 0u64;
+        if let Some(p) = &route.path {
+            for &(off, len) in items {
+                match p.send(&buf[off..off + len]) {
+                    Ok(()) => ok_bytes += len as u64,
+                    Err(e) => {
+                        inc(&self.counters.tx_errors);
+                        tracing::trace!("send on path: {e}");
+                    }
+                }
+            }
+        } else if let Some(ep) = route.endpoint {
+            let Some(sock) = self.socket.read().clone() else {
+                return;
+            };
+            let mut i = 0;
+            while i < items.len() {
+                let (start, size) = items[i];
+                let mut j = i + 1;
+                let mut bytes = size;
+                while j < items.len()
+                    && j - i < MAX_GSO_SEGMENTS
+                    && bytes + items[j].1 <= MAX_GSO_BYTES
+                    && items[j].1 <= size
+                {
+                    bytes += items[j].1;
+                    j += 1;
+                    if items[j - 1].1 < size {
+                        break; // a shorter datagram can only end a run
+                    }
+                }
+                match sock.send_segments(&buf[start..start + bytes], size, ep) {
+                    Ok(()) => ok_bytes += bytes as u64,
+                    Err(e) => {
+                        inc(&self.counters.tx_errors);
+                        tracing::trace!("send to {ep}: {e}");
+                    }
+                }
+                i = j;
+            }
+        } else {
+            inc(&self.counters.tx_no_endpoint);
+            return;
+        }
+        if ok_bytes > 0 {
+            peer.tx_bytes.fetch_add(ok_bytes, Ordering::Relaxed);
+            peer.last_sent_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
     }
 
     fn send_to_peer(&self, peer: &Peer, data: &[u8]) {
-        let res = {
-            let route = peer.route.read();
-            if let Some(p) = &route.path {
-                p.send(data)
-            } else if let Some(ep) = route.endpoint {
-                let s = self.socket.read().clone();
-                match s {
-                    Some(s) => s.send_to(data, ep).map(|_| ()),
-                    None => return,
-                }
-            } else {
-                inc(&self.counters.tx_no_endpoint);
-                return;
-            }
-        };
-        match res {
-            Ok(()) => {
-                peer.tx_bytes
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                peer.last_sent_ms.store(self.now_ms(), Ordering::Relaxed);
-            }
-            Err(e) => {
-                inc(&self.counters.tx_errors);
-                tracing::trace!("send to peer: {e}");
-            }
-        }
+        self.send_batch(peer, data, &[(0, data.len())]);
     }
 
     // ---- inbound: socket/paths -> TUN -------------------------------------------------------
@@ -508,8 +511,13 @@ impl Inner {
         let mut buf = vec![0u8; MAX_PACKET];
         let mut out = vec![0u8; MAX_PACKET + WG_OVERHEAD];
         while !self.stopped() && self.socket_generation.load(Ordering::Relaxed) == sock.generation {
-            match sock.recv_from(&mut buf) {
-                Ok((n, from)) => self.handle_datagram(&buf[..n], Some(from), &mut out, &tun),
+            match sock.recv(&mut buf) {
+                Ok((n, seg, from)) => {
+                    // With UDP GRO one read may carry several datagrams of `seg` bytes.
+                    for d in buf[..n].chunks(seg) {
+                        self.handle_datagram(d, Some(from), &mut out, &tun);
+                    }
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -545,6 +553,10 @@ impl Inner {
         let Some(peer) = self.find_peer(data, from, out) else {
             return;
         };
+        // On an offloading TUN device the packet is written after a virtio_net_hdr: decrypt
+        // right behind the room for it.
+        let hdr = if tun.vnet_hdr() { VNET_HDR_LEN } else { 0 };
+        let (head, out) = out.split_at_mut(hdr);
         let base = out.as_ptr() as usize;
         let action = {
             let mut g = peer.tunn.lock();
@@ -605,7 +617,20 @@ impl Inner {
                     inc(&self.counters.rx_not_allowed);
                     return;
                 }
-                if tun.write(&out[off..off + len]).is_err() {
+                let res = if hdr == 0 {
+                    tun.write(&out[off..off + len])
+                } else if off == 0 {
+                    // Checksums need no verification: WireGuard authenticated the packet.
+                    VnetHdr {
+                        flags: offload::F_DATA_VALID,
+                        ..Default::default()
+                    }
+                    .write(head);
+                    tun.write_vectored(head, &out[..len])
+                } else {
+                    Err(io::Error::other("unexpected packet offset"))
+                };
+                if res.is_err() {
                     inc(&self.counters.tun_write_errors);
                 }
             }
@@ -817,13 +842,19 @@ impl Inner {
         let want = port.unwrap_or(cur.port);
         if want == cur.port || want == 0 {
             if let Some(m) = fwmark {
-                socket2::SockRef::from(&cur.sock).set_mark(m)?;
+                cur.set_mark(m)?;
                 self.fwmark.store(m, Ordering::Relaxed);
             }
             return Ok(());
         }
         let generation = self.socket_generation.load(Ordering::Relaxed) + 1;
-        let new = Arc::new(Socket::bind(want, mark, self.socket_buffer, generation)?);
+        let new = Arc::new(Socket::bind(
+            want,
+            mark,
+            self.socket_buffer,
+            generation,
+            READ_TIMEOUT,
+        )?);
         let tun = self.tun.read().clone().ok_or(WgError::Closed)?;
         *self.socket.write() = Some(new.clone());
         self.fwmark.store(mark, Ordering::Relaxed);

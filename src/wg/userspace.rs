@@ -56,7 +56,9 @@ const READ_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Sends one peer's encrypted WireGuard datagrams over a path other than the shared UDP socket
 /// (a relay connection, a TURN allocation...). Called on data-plane threads: it must not block
-/// for long; queue and drop when congested.
+/// for long; queue and drop when congested. It may be re-entered on the same thread (a datagram
+/// given to [`UserspaceDevice::inject_datagram`] can be answered at once through the same path),
+/// so never hold a lock across a call into the device.
 pub trait PeerPath: Send + Sync {
     /// Sends one datagram to the peer.
     fn send(&self, datagram: &[u8]) -> io::Result<()>;

@@ -196,6 +196,191 @@ pub fn tso_segment(
     Ok(())
 }
 
+/// Largest IP packet GRO builds (the IPv4 total-length limit, with headroom).
+const GRO_MAX_PACKET: usize = 65_000;
+
+/// The TCP fields GRO compares, parsed once per packet.
+struct TcpView {
+    v4: bool,
+    iphlen: usize,
+    hlen: usize,
+    seq: u32,
+    flags: u8,
+    payload: usize,
+}
+
+fn tcp_view(p: &[u8]) -> Option<TcpView> {
+    let v4 = match p.first()? >> 4 {
+        4 => true,
+        6 => false,
+        _ => return None,
+    };
+    let iphlen = if v4 {
+        // Options, fragments and non-TCP are written as they are.
+        if p.len() < 40 || p[0] & 0x0f != 5 || p[9] != 6 || (p[6] & 0x3f) != 0 || p[7] != 0 {
+            return None;
+        }
+        if usize::from(u16::from_be_bytes([p[2], p[3]])) != p.len() {
+            return None;
+        }
+        20
+    } else {
+        if p.len() < 60 || p[6] != 6 {
+            return None;
+        }
+        if usize::from(u16::from_be_bytes([p[4], p[5]])) + 40 != p.len() {
+            return None;
+        }
+        40
+    };
+    let thlen = usize::from(p[iphlen + 12] >> 4) * 4;
+    let hlen = iphlen + thlen;
+    if thlen < 20 || p.len() < hlen {
+        return None;
+    }
+    Some(TcpView {
+        v4,
+        iphlen,
+        hlen,
+        seq: u32::from_be_bytes([p[iphlen + 4], p[iphlen + 5], p[iphlen + 6], p[iphlen + 7]]),
+        flags: p[iphlen + 13],
+        payload: p.len() - hlen,
+    })
+}
+
+const TCP_ACK: u8 = 0x10;
+const TCP_PSH: u8 = 0x08;
+
+/// Can `q` be appended to the group started by `first` whose last member is `last`?
+fn same_flow(first: &[u8], f: &TcpView, q: &[u8], qv: &TcpView) -> bool {
+    if f.v4 != qv.v4 || f.hlen != qv.hlen {
+        return false;
+    }
+    let ip_same = if f.v4 {
+        // TOS, DF/flags, TTL, protocol, addresses
+        first[1] == q[1] && first[6] == q[6] && first[8] == q[8] && first[12..20] == q[12..20]
+    } else {
+        // version/class/flow label, hop limit, addresses
+        first[0..4] == q[0..4] && first[7] == q[7] && first[8..40] == q[8..40]
+    };
+    let t = f.iphlen;
+    // ports, ack number, and options must match; the window may differ (the last one is kept).
+    ip_same
+        && first[t..t + 4] == q[t..t + 4]
+        && first[t + 8..t + 12] == q[t + 8..t + 12]
+        && first[t + 20..f.hlen] == q[t + 20..qv.hlen]
+}
+
+/// Coalesces consecutive in-order TCP segments of one flow (as a TSO sender produced them)
+/// into large packets for an `IFF_VNET_HDR` TUN device, the inverse of [`tso_segment`]. Each
+/// output frame (`virtio_net_hdr` + packet) is appended to `out` and its range pushed to
+/// `frames`; packets that cannot be merged are passed through with a plain header. Decrypted
+/// WireGuard packets are authenticated, so single packets are marked `F_DATA_VALID`; merged
+/// ones carry a partial checksum (`F_NEEDS_CSUM`) for the kernel to treat as verified.
+pub fn gro_coalesce(
+    arena: &[u8],
+    pkts: &[Range<usize>],
+    out: &mut Vec<u8>,
+    frames: &mut Vec<Range<usize>>,
+) {
+    let mut i = 0;
+    while i < pkts.len() {
+        let first = &arena[pkts[i].clone()];
+        let view = tcp_view(first).filter(|v| {
+            v.payload > 0 && v.flags & !(TCP_ACK | TCP_PSH) == 0 && v.flags & TCP_ACK != 0
+        });
+        let Some(fv) = view else {
+            push_plain(first, out, frames);
+            i += 1;
+            continue;
+        };
+        let mss = fv.payload;
+        let mut total = first.len();
+        let mut next_seq = fv.seq.wrapping_add(mss as u32);
+        let mut last_flags = fv.flags;
+        let mut j = i + 1;
+        while j < pkts.len() && last_flags & TCP_PSH == 0 {
+            let q = &arena[pkts[j].clone()];
+            let Some(qv) = tcp_view(q) else { break };
+            let prev_full = arena[pkts[j - 1].clone()].len() - fv.hlen == mss;
+            if !prev_full
+                || qv.payload == 0
+                || qv.payload > mss
+                || qv.seq != next_seq
+                || qv.flags & !(TCP_ACK | TCP_PSH) != 0
+                || qv.flags & TCP_ACK == 0
+                || total + qv.payload > GRO_MAX_PACKET
+                || !same_flow(first, &fv, q, &qv)
+            {
+                break;
+            }
+            total += qv.payload;
+            next_seq = next_seq.wrapping_add(qv.payload as u32);
+            last_flags = qv.flags;
+            j += 1;
+        }
+        if j == i + 1 {
+            push_plain(first, out, frames);
+            i += 1;
+            continue;
+        }
+        let start = out.len();
+        out.extend_from_slice(&[0u8; VNET_HDR_LEN]);
+        let pkt_start = out.len();
+        out.extend_from_slice(&first[..fv.hlen]);
+        for r in &pkts[i..j] {
+            out.extend_from_slice(&arena[r.start + fv.hlen..r.end]);
+        }
+        let last = &arena[pkts[j - 1].clone()];
+        let p = &mut out[pkt_start..];
+        let t = fv.iphlen;
+        // flags (PSH of the last member) and window from the last segment
+        p[t + 13] = last_flags;
+        p[t + 14..t + 16].copy_from_slice(&last[t + 14..t + 16]);
+        let tcp_len = total - fv.iphlen;
+        if fv.v4 {
+            p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            p[10..12].copy_from_slice(&[0, 0]);
+            let c = finish(sum(0, &p[..20]));
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+        } else {
+            p[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+        }
+        // partial checksum: the pseudo-header sum, not complemented
+        let mut acc = if fv.v4 {
+            sum(0, &p[12..20])
+        } else {
+            sum(0, &p[8..40])
+        };
+        acc += 6 + tcp_len as u64;
+        let seed = !finish(acc);
+        p[t + 16..t + 18].copy_from_slice(&seed.to_be_bytes());
+        VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: if fv.v4 { GSO_TCPV4 } else { GSO_TCPV6 },
+            hdr_len: fv.hlen as u16,
+            gso_size: mss as u16,
+            csum_start: fv.iphlen as u16,
+            csum_offset: 16,
+        }
+        .write(&mut out[start..pkt_start]);
+        frames.push(start..out.len());
+        i = j;
+    }
+}
+
+fn push_plain(p: &[u8], out: &mut Vec<u8>, frames: &mut Vec<Range<usize>>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; VNET_HDR_LEN]);
+    VnetHdr {
+        flags: F_DATA_VALID,
+        ..Default::default()
+    }
+    .write(&mut out[start..]);
+    out.extend_from_slice(p);
+    frames.push(start..out.len());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,5 +534,97 @@ mod tests {
             ..h
         };
         assert!(complete_checksum(&mut p, &bad).is_err());
+    }
+
+    fn segments(payload: usize, mss: u16) -> (Vec<u8>, Vec<Range<usize>>, Vec<u8>) {
+        let p = tcp4_packet(payload, 0x18);
+        let h = VnetHdr {
+            gso_type: GSO_TCPV4,
+            gso_size: mss,
+            ..Default::default()
+        };
+        let (mut arena, mut segs) = (Vec::new(), Vec::new());
+        tso_segment(&p, &h, &mut arena, &mut segs).unwrap();
+        (arena, segs, p)
+    }
+
+    #[test]
+    fn gro_merges_what_tso_split() {
+        let (arena, segs, orig) = segments(5000, 1200);
+        assert_eq!(segs.len(), 5);
+        let (mut out, mut frames) = (Vec::new(), Vec::new());
+        gro_coalesce(&arena, &segs, &mut out, &mut frames);
+        assert_eq!(frames.len(), 1);
+        let f = &out[frames[0].clone()];
+        let h = VnetHdr::parse(f).unwrap();
+        assert_eq!(h.gso_type, GSO_TCPV4);
+        assert_eq!(h.gso_size, 1200);
+        assert_eq!(h.flags, F_NEEDS_CSUM);
+        let mut p = f[VNET_HDR_LEN..].to_vec();
+        assert_eq!(p.len(), orig.len());
+        assert_eq!(&p[40..], &orig[40..], "payload intact");
+        assert_eq!(p[33], 0x18, "PSH kept from the last segment");
+        assert_eq!(finish(sum(0, &p[..20])), 0, "IPv4 header checksum");
+        // completing the partial checksum yields a valid TCP checksum
+        complete_checksum(
+            &mut p,
+            &VnetHdr {
+                csum_start: 20,
+                csum_offset: 16,
+                ..h
+            },
+        )
+        .unwrap();
+        assert!(tcp_ok(&p));
+    }
+
+    #[test]
+    fn gro_stops_at_gaps_and_other_flows() {
+        let (mut arena, segs, _) = segments(4800, 1200);
+        // a different flow between segments 2 and 3, and a lost segment 4 (skip it)
+        let other = tcp4_packet(100, 0x10);
+        let mut other = other;
+        other[20] = 9;
+        let start = arena.len();
+        arena.extend_from_slice(&other);
+        let order = vec![
+            segs[0].clone(),
+            segs[1].clone(),
+            start..arena.len(),
+            segs[2].clone(),
+            segs[3].clone(),
+        ];
+        let (mut out, mut frames) = (Vec::new(), Vec::new());
+        gro_coalesce(&arena, &order, &mut out, &mut frames);
+        let kinds: Vec<(u8, usize)> = frames
+            .iter()
+            .map(|r| (out[r.start + 1], r.len() - VNET_HDR_LEN))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (GSO_TCPV4, 40 + 2400),
+                (GSO_NONE, 140),
+                (GSO_TCPV4, 40 + 2400)
+            ]
+        );
+        // a gap in sequence numbers also ends a group
+        let order = vec![segs[0].clone(), segs[2].clone()];
+        let (mut out, mut frames) = (Vec::new(), Vec::new());
+        gro_coalesce(&arena, &order, &mut out, &mut frames);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(out[frames[0].start], F_DATA_VALID);
+    }
+
+    #[test]
+    fn gro_passes_through_non_tcp_and_garbage() {
+        let arena = vec![
+            0x45u8, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0xff,
+        ];
+        let pkts = vec![0..20, 20..21, 0..0];
+        let (mut out, mut frames) = (Vec::new(), Vec::new());
+        gro_coalesce(&arena, &pkts, &mut out, &mut frames);
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0].len(), VNET_HDR_LEN + 20);
     }
 }

@@ -247,7 +247,8 @@ impl UserspaceDevice {
         let tun = self.inner.tun.read().clone();
         let Some(tun) = tun else { return };
         let mut out = vec![0u8; MAX_PACKET + WG_OVERHEAD];
-        self.inner.handle_datagram(datagram, None, &mut out, &tun);
+        self.inner
+            .handle_datagram(datagram, None, &mut out, &tun, None);
     }
 
     /// Installs the receiver of non-WireGuard datagrams (ICE). `None` drops them.
@@ -305,6 +306,15 @@ impl WgDevice for UserspaceDevice {
     fn close(&self) -> Result<(), WgError> {
         self.inner.shutdown()
     }
+}
+
+/// Decrypted packets of one receive batch, waiting to be coalesced and written.
+#[derive(Default)]
+struct RxBatch {
+    arena: Vec<u8>,
+    pkts: Vec<Range<usize>>,
+    out: Vec<u8>,
+    frames: Vec<Range<usize>>,
 }
 
 enum RxAction {
@@ -512,13 +522,16 @@ impl Inner {
     fn udp_loop(&self, sock: Arc<Socket>, tun: Arc<Tun>) {
         let mut buf = vec![0u8; MAX_PACKET];
         let mut out = vec![0u8; MAX_PACKET + WG_OVERHEAD];
+        let mut rx = RxBatch::default();
         while !self.stopped() && self.socket_generation.load(Ordering::Relaxed) == sock.generation {
             match sock.recv(&mut buf) {
                 Ok((n, seg, from)) => {
-                    // With UDP GRO one read may carry several datagrams of `seg` bytes.
+                    // With UDP GRO one read may carry several datagrams of `seg` bytes; their
+                    // packets are coalesced (TCP GRO) and written together.
                     for d in buf[..n].chunks(seg) {
-                        self.handle_datagram(d, Some(from), &mut out, &tun);
+                        self.handle_datagram(d, Some(from), &mut out, &tun, Some(&mut rx));
                     }
+                    self.flush_rx(&mut rx, &tun);
                 }
                 Err(e)
                     if matches!(
@@ -535,8 +548,33 @@ impl Inner {
         }
     }
 
-    /// Handles one datagram from the socket (`from = Some`) or a custom path (`None`).
-    fn handle_datagram(&self, data: &[u8], from: Option<SocketAddr>, out: &mut [u8], tun: &Tun) {
+    /// Writes the packets collected in `rx` to the TUN device, coalesced where possible.
+    fn flush_rx(&self, rx: &mut RxBatch, tun: &Tun) {
+        if rx.pkts.is_empty() {
+            return;
+        }
+        offload::gro_coalesce(&rx.arena, &rx.pkts, &mut rx.out, &mut rx.frames);
+        for f in &rx.frames {
+            if tun.write(&rx.out[f.clone()]).is_err() {
+                inc(&self.counters.tun_write_errors);
+            }
+        }
+        rx.arena.clear();
+        rx.pkts.clear();
+        rx.out.clear();
+        rx.frames.clear();
+    }
+
+    /// Handles one datagram from the socket (`from = Some`) or a custom path (`None`). Decrypted
+    /// packets go to `rx` when given and the TUN device offloads, else straight to the device.
+    fn handle_datagram(
+        &self,
+        data: &[u8],
+        from: Option<SocketAddr>,
+        out: &mut [u8],
+        tun: &Tun,
+        rx: Option<&mut RxBatch>,
+    ) {
         if data.len() > MAX_PACKET {
             inc(&self.counters.rx_oversized);
             return;
@@ -619,7 +657,12 @@ impl Inner {
                     inc(&self.counters.rx_not_allowed);
                     return;
                 }
-                let res = if hdr == 0 {
+                let res = if let (true, Some(rx)) = (hdr != 0, rx) {
+                    let start = rx.arena.len();
+                    rx.arena.extend_from_slice(&out[off..off + len]);
+                    rx.pkts.push(start..rx.arena.len());
+                    Ok(len)
+                } else if hdr == 0 {
                     tun.write(&out[off..off + len])
                 } else if off == 0 {
                     // Checksums need no verification: WireGuard authenticated the packet.

@@ -361,7 +361,7 @@ fn wg_show_and_set_drive_standalone_device() {
     let dir = TempDir::new();
     let ns = Netns::new("s");
     let ifn = unique("nbs");
-    let _dev = start_ours(&ns, &ifn, &dir.0.join("ours.log"));
+    let mut dev = start_ours(&ns, &ifn, &dir.0.join("ours.log"));
 
     let show = ns.exec(&["wg", "show", &ifn]);
     assert!(show.contains(&format!("interface: {ifn}")), "{show}");
@@ -430,4 +430,11 @@ fn wg_show_and_set_drive_standalone_device() {
     assert!(!ns.try_exec(&["wg", "set", &ifn, "listen-port", "notaport"]));
     let again = ns.exec(&["wg", "show", &ifn, "listen-port"]);
     assert_eq!(again.trim(), "51999");
+
+    // Deleting the interface from outside ends the process and removes its socket.
+    ns.exec(&["ip", "link", "del", "dev", &ifn]);
+    wait_for("exit after link deletion", Duration::from_secs(5), || {
+        !dev.alive()
+    });
+    assert!(!sock_path(&ifn).exists(), "UAPI socket left behind");
 }

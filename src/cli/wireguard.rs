@@ -53,9 +53,18 @@ fn run_foreground(ifname: &str) -> anyhow::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = tick.tick() => {
+                    if !dev.is_alive() {
+                        tracing::info!("{ifname} is gone; exiting");
+                        break;
+                    }
+                }
+            }
         }
         Ok::<(), std::io::Error>(())
     })?;

@@ -165,6 +165,8 @@ struct Inner {
     foreign: RwLock<Option<ForeignHandler>>,
     counters: Counters,
     stop: AtomicBool,
+    /// Set when the interface disappeared underneath us (`ip link del`).
+    gone: AtomicBool,
     epoch: Instant,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -201,6 +203,7 @@ impl UserspaceDevice {
             foreign: RwLock::new(None),
             counters: Counters::default(),
             stop: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
             epoch: Instant::now(),
             threads: Mutex::new(Vec::new()),
         });
@@ -246,9 +249,22 @@ impl UserspaceDevice {
     pub fn inject_datagram(&self, datagram: &[u8]) {
         let tun = self.inner.tun.read().clone();
         let Some(tun) = tun else { return };
-        let mut out = vec![0u8; MAX_PACKET + WG_OVERHEAD];
-        self.inner
-            .handle_datagram(datagram, None, &mut out, &tun, None);
+        thread_local! {
+            static INJECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        INJECT_BUF.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut out) => {
+                out.resize(MAX_PACKET + WG_OVERHEAD, 0);
+                self.inner
+                    .handle_datagram(datagram, None, &mut out, &tun, None);
+            }
+            // Re-entered from a path on this thread (see `PeerPath`): use a fresh buffer.
+            Err(_) => {
+                let mut out = vec![0u8; MAX_PACKET + WG_OVERHEAD];
+                self.inner
+                    .handle_datagram(datagram, None, &mut out, &tun, None);
+            }
+        });
     }
 
     /// Installs the receiver of non-WireGuard datagrams (ICE). `None` drops them.
@@ -268,6 +284,11 @@ impl UserspaceDevice {
     /// The UDP port actually bound (0 after close).
     pub fn listen_port(&self) -> u16 {
         self.inner.socket.read().as_ref().map_or(0, |s| s.port)
+    }
+
+    /// False once the device was closed or its interface was deleted from outside.
+    pub fn is_alive(&self) -> bool {
+        !self.inner.stopped() && !self.inner.gone.load(Ordering::Relaxed)
     }
 
     /// Drop and error counters.
@@ -373,6 +394,11 @@ impl Inner {
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBADFD) => {
+                    tracing::info!("interface {} was removed", self.name);
+                    self.gone.store(true, Ordering::Relaxed);
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!("reading TUN {}: {e}", self.name);
                     std::thread::sleep(Duration::from_millis(100));

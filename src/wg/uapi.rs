@@ -285,7 +285,6 @@ impl UapiServer {
         }
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -305,18 +304,16 @@ impl UapiServer {
 }
 
 fn accept_loop(listener: UnixListener, dev: Arc<dyn WgDevice>, stop: Arc<AtomicBool>) {
+    // Blocking accept (no idle wake-ups); `Drop` wakes it with a connection of its own.
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
+            Ok(_) if stop.load(Ordering::Relaxed) => return,
             Ok((stream, _)) => {
-                let _ = stream.set_nonblocking(false);
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                 // Requests are short; serving inline keeps them ordered and the thread count low.
                 if let Err(e) = serve_connection(stream, dev.as_ref()) {
                     tracing::debug!("UAPI connection: {e}");
                 }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => {
                 tracing::warn!("UAPI accept: {e}");
@@ -330,7 +327,11 @@ impl Drop for UapiServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // Wake the blocking accept; if the socket file is gone the thread cannot be woken
+            // and is left to end with the process.
+            if UnixStream::connect(&self.path).is_ok() {
+                let _ = t.join();
+            }
         }
         let _ = std::fs::remove_file(&self.path);
     }

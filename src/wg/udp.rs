@@ -132,6 +132,14 @@ impl Socket {
         })
     }
 
+    /// Wakes a thread blocked in [`Socket::recv`] (it then sees an error or zero bytes).
+    pub fn wake(&self) {
+        // SAFETY: shutdown(2) on a socket we own; harmless if it fails.
+        unsafe {
+            libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RD);
+        }
+    }
+
     /// Sets the firewall mark.
     pub fn set_mark(&self, mark: u32) -> io::Result<()> {
         socket2::SockRef::from(&self.sock).set_mark(mark)

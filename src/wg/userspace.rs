@@ -52,7 +52,7 @@ const TIMER_TICK: Duration = Duration::from_millis(250);
 /// Size of the buffer that collects the encrypted datagrams of one TUN read.
 const OUT_ARENA: usize = 4 * MAX_PACKET;
 /// How long blocking reads wait before checking for shutdown.
-const READ_TIMEOUT: Duration = Duration::from_millis(250);
+const READ_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// Sends one peer's encrypted WireGuard datagrams over a path other than the shared UDP socket
 /// (a relay connection, a TURN allocation...). Called on data-plane threads: it must not block
@@ -356,6 +356,9 @@ impl Inner {
     fn shutdown(&self) -> Result<(), WgError> {
         if self.stop.swap(true, Ordering::SeqCst) {
             return Ok(());
+        }
+        if let Some(s) = self.socket.read().as_ref() {
+            s.wake();
         }
         let threads: Vec<_> = std::mem::take(&mut *self.threads.lock());
         let me = std::thread::current().id();

@@ -491,9 +491,13 @@ impl Inner {
         if items.is_empty() {
             return;
         }
-        let route = peer.route.read();
+        // Copy the route out of its lock: a path may re-enter the device (see `PeerPath`).
+        let (path, endpoint) = {
+            let r = peer.route.read();
+            (r.path.clone(), r.endpoint)
+        };
         let mut ok_bytes = 0u64;
-        if let Some(p) = &route.path {
+        if let Some(p) = &path {
             for &(off, len) in items {
                 match p.send(&buf[off..off + len]) {
                     Ok(()) => ok_bytes += len as u64,
@@ -503,7 +507,7 @@ impl Inner {
                     }
                 }
             }
-        } else if let Some(ep) = route.endpoint {
+        } else if let Some(ep) = endpoint {
             let Some(sock) = self.socket.read().clone() else {
                 return;
             };

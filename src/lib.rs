@@ -23,6 +23,7 @@ pub mod system;
 #[cfg(feature = "testbed")]
 pub mod testbed;
 pub mod tunnel;
+pub mod wg;
 
 /// Generated protobuf types and gRPC stubs, wire-compatible with NetBird's.
 pub mod proto {

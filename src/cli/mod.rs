@@ -60,7 +60,7 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// A standalone userspace WireGuard interface driven by `wg` (like wireguard-go).
-    Wireguard(wireguard::WireguardArgs),
+    Wireguard(wireguard::Args),
     /// Print the version.
     Version,
     /// Run the daemon in the foreground (what the service runs).

@@ -33,6 +33,13 @@ impl Cmd {
     }
 }
 
+/// `nft <args…>` run inside namespace `ns`.
+fn nft(ns: &str, args: &[&str]) -> Cmd {
+    let mut parts = vec!["ip", "netns", "exec", ns, "nft"];
+    parts.extend_from_slice(args);
+    Cmd::new(&parts)
+}
+
 /// Network namespaces of one lab run.
 #[derive(Debug)]
 pub struct Topology {
@@ -199,46 +206,23 @@ impl Topology {
                     "-qw",
                     "net.ipv4.ip_forward=1",
                 ]),
-                Cmd::new(&[
-                    "ip", "netns", "exec", &r, "nft", "add", "table", "ip", "nat",
-                ]),
-                Cmd::new(&[
-                    "ip",
-                    "netns",
-                    "exec",
+                nft(&r, &["add", "table", "ip", "nat"]),
+                nft(
                     &r,
-                    "nft",
-                    "add chain ip nat post { type nat hook postrouting priority 100 ; }",
-                ]),
-                Cmd::new(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    &r,
-                    "nft",
-                    "add rule ip nat post oifname \"wan\" masquerade",
-                ]),
+                    &["add chain ip nat post { type nat hook postrouting priority 100 ; }"],
+                ),
+                nft(&r, &["add rule ip nat post oifname \"wan\" masquerade"]),
                 // Like a home router: unsolicited UDP to the router itself is dropped before its
                 // conntrack entry is confirmed, so a stray early check cannot pin the port.
-                Cmd::new(&[
-                    "ip", "netns", "exec", &r, "nft", "add", "table", "inet", "fw",
-                ]),
-                Cmd::new(&[
-                    "ip",
-                    "netns",
-                    "exec",
+                nft(&r, &["add", "table", "inet", "fw"]),
+                nft(
                     &r,
-                    "nft",
-                    "add chain inet fw in { type filter hook input priority 0 ; }",
-                ]),
-                Cmd::new(&[
-                    "ip",
-                    "netns",
-                    "exec",
+                    &["add chain inet fw in { type filter hook input priority 0 ; }"],
+                ),
+                nft(
                     &r,
-                    "nft",
-                    "add rule inet fw in iifname \"wan\" meta l4proto udp ct state new drop",
-                ]),
+                    &["add rule inet fw in iifname \"wan\" meta l4proto udp ct state new drop"],
+                ),
             ]);
         }
         for c in &cmds {
@@ -252,32 +236,18 @@ impl Topology {
 
     /// Blocks or unblocks UDP between the routers (the servers stay reachable).
     pub fn set_udp_blocked(&self, blocked: bool) -> Result<(), String> {
-        let _ = Cmd::new(&[
-            "ip", "netns", "exec", &self.wan, "nft", "delete", "table", "inet", "lab",
-        ])
-        .run();
+        let _ = nft(&self.wan, &["delete", "table", "inet", "lab"]).run();
         if blocked {
-            Cmd::new(&[
-                "ip", "netns", "exec", &self.wan, "nft", "add", "table", "inet", "lab",
-            ])
-            .run()?;
-            Cmd::new(&[
-                "ip",
-                "netns",
-                "exec",
+            nft(&self.wan, &["add", "table", "inet", "lab"]).run()?;
+            nft(
                 &self.wan,
-                "nft",
-                "add chain inet lab blockudp { type filter hook forward priority 0 ; }",
-            ])
+                &["add chain inet lab blockudp { type filter hook forward priority 0 ; }"],
+            )
             .run()?;
-            Cmd::new(&[
-                "ip",
-                "netns",
-                "exec",
+            nft(
                 &self.wan,
-                "nft",
-                "add rule inet lab blockudp meta l4proto udp drop",
-            ])
+                &["add rule inet lab blockudp meta l4proto udp drop"],
+            )
             .run()?;
         }
         Ok(())

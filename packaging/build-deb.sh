@@ -8,12 +8,20 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)"
 arch="$(dpkg --print-architecture)"
-stage="$(mktemp -d)"
+mkdir -p "$out"
+# Stage next to the output, not in /tmp, which is small on some machines.
+stage="$(mktemp -d "$out/.stage.XXXXXX")"
 trap 'rm -rf "$stage"' EXIT
 
-install -D -m 0755 "$bin" "$stage/usr/bin/netbird-agent"
-# Ship a stripped binary (debug info stays with the build).
-if command -v strip >/dev/null 2>&1; then strip --strip-debug "$stage/usr/bin/netbird-agent"; fi
+install -d -m 0755 "$stage/usr/bin"
+# Ship a stripped binary (debug info stays with the build); strip while copying so the
+# unstripped copy never lands in the stage.
+if command -v objcopy >/dev/null 2>&1; then
+  objcopy --strip-debug "$bin" "$stage/usr/bin/netbird-agent"
+  chmod 0755 "$stage/usr/bin/netbird-agent"
+else
+  install -m 0755 "$bin" "$stage/usr/bin/netbird-agent"
+fi
 install -D -m 0644 "$root/systemd/netbird-agent.service" "$stage/lib/systemd/system/netbird-agent.service"
 mkdir -p "$stage/usr/share/bash-completion/completions" "$stage/usr/share/zsh/vendor-completions" \
   "$stage/usr/share/fish/vendor_completions.d"
@@ -41,6 +49,5 @@ CONTROL
 for s in postinst prerm postrm; do
   install -m 0755 "$here/deb/$s" "$stage/DEBIAN/$s"
 done
-mkdir -p "$out"
 dpkg-deb --root-owner-group --build "$stage" "$out/netbird-agent_${version}_${arch}.deb" >/dev/null
 echo "$out/netbird-agent_${version}_${arch}.deb"

@@ -14,7 +14,8 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 # Namespace tests share the machine: at most two tests at a time.
 set +e
-RUST_TEST_THREADS=2 cargo test --lib --bins --tests 2>&1 | tee "$log"
+# --no-fail-fast: every test binary runs, so the summary counts the whole suite.
+RUST_TEST_THREADS=2 cargo test --no-fail-fast --lib --bins --tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | paste -sd+ - | bc)

@@ -23,7 +23,8 @@ fn deb_builds_installs_and_purges() {
         eprintln!("skipped: dpkg-deb is missing");
         return;
     }
-    let out_dir = tempfile::tempdir().unwrap();
+    // Under the target directory: /tmp is small on some CI machines.
+    let out_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let build = Command::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/packaging/build-deb.sh"

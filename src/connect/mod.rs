@@ -12,13 +12,16 @@ use crate::crypto::{PrivateKey, PublicKey};
 use crate::engine::ServicesConfig;
 use crate::peer::{self, ActivePath, ConnConfig, Effect, PathKind, PeerConn};
 use crate::relay::{RelayClient, RelayConfig, RelayConn, RelayToken};
-use crate::signal::{OfferAnswer, ReceivedSignal, SignalClient, SignalConfig, SignalMessage};
+use crate::signal::{
+    OfferAnswer, ReceivedSignal, SignalClient, SignalConfig, SignalMessage, SignalState,
+    SignalStatus,
+};
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Sends one encrypted datagram on a custom path.
@@ -176,11 +179,21 @@ struct IceSession {
     local: SocketAddr,
     connected: bool,
     nominated: Option<SocketAddr>,
+    /// When a STUN message for this agent last arrived; upstream ends ICE after
+    /// [`ICE_DISCONNECTED_TIMEOUT`] without one, so we do the same.
+    last_rx: Instant,
 }
+
+/// Upstream's `NB_ICE_DISCONNECTED_TIMEOUT_SEC` default: a connected agent that hears nothing
+/// for this long is closed and the peer falls back to the relay.
+const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(6);
 
 struct Slot {
     conn: PeerConn,
     relay_url: Option<String>,
+    /// The open relayed connection as a WireGuard path, used whenever the relay is the
+    /// active path (also again after ICE drops).
+    relay_path: Option<WgPath>,
     relay_task: Option<JoinHandle<()>>,
     ice: Option<IceSession>,
     pending_candidates: Vec<is::Candidate>,
@@ -255,6 +268,10 @@ struct State {
     stun_tid: Option<[u8; 12]>,
     stun_next: Instant,
     srflx: Option<SocketAddr>,
+    /// Signal registrations seen so far; a new one makes every peer re-offer at once.
+    signal_registrations: u64,
+    /// Whether the signal stream is registered: offers sent before it would be lost.
+    signal_ready: bool,
 }
 
 fn to_wire(oa: &peer::OfferAnswer) -> OfferAnswer {
@@ -355,13 +372,17 @@ impl State {
                             t.abort();
                         }
                         slot.relay_url = None;
+                        slot.relay_path = None;
                     }
                 }
                 Effect::SetPath(None) => self.device.set_path(&key, None),
                 Effect::SetPath(Some(ActivePath::Direct(addr))) => {
                     self.device.set_path(&key, Some(WgPath::Udp(addr)))
                 }
-                Effect::SetPath(Some(ActivePath::Relay)) => {}
+                Effect::SetPath(Some(ActivePath::Relay)) => {
+                    let path = self.peers.get(&key).and_then(|s| s.relay_path.clone());
+                    self.device.set_path(&key, path);
+                }
             }
         }
         self.publish(&key);
@@ -443,11 +464,16 @@ impl State {
             t.abort();
         }
         slot.relay_url = Some(url);
-        let path = WgPath::Custom(Arc::new(move |d: &[u8]| {
+        slot.relay_path = Some(WgPath::Custom(Arc::new(move |d: &[u8]| {
             let _ = tx.try_send(d.to_vec());
-        }));
-        self.device.set_path(&key, Some(path));
+        })));
+        // The state machine decides whether the relay becomes the active path (it does not
+        // while ICE carries the peer); its SetPath effect points WireGuard at it.
         slot.conn.on_relay_connected(now);
+        if slot.conn.info().path == PathKind::Relay {
+            // Already the active path (a replaced relay connection): no SetPath follows.
+            self.device.set_path(&key, slot.relay_path.clone());
+        }
         tracing::info!(peer = %key, "relayed connection up");
         self.run_effects(key);
     }
@@ -502,6 +528,7 @@ impl State {
                     Slot {
                         conn,
                         relay_url: None,
+                        relay_path: None,
                         relay_task: None,
                         ice: None,
                         pending_candidates: Vec::new(),
@@ -555,6 +582,7 @@ impl State {
             local: first,
             connected: false,
             nominated: None,
+            last_rx: Instant::now(),
         });
         for t in texts {
             self.send_signal(key, SignalMessage::Candidate(t));
@@ -582,6 +610,7 @@ impl State {
                 return;
             };
             if ice.agent.accepts_message(&msg) {
+                ice.last_rx = now;
                 ice.agent.handle_packet(
                     now,
                     is::stun::StunPacket {
@@ -665,6 +694,10 @@ impl State {
                     _ => {}
                 }
             }
+            if ice.connected && now.duration_since(ice.last_rx) > ICE_DISCONNECTED_TIMEOUT {
+                tracing::debug!(peer = %k, "no STUN on the selected pair for {ICE_DISCONNECTED_TIMEOUT:?}");
+                lost = true;
+            }
             if lost {
                 tracing::info!(peer = %k, "ICE disconnected");
                 slot.ice = None;
@@ -730,6 +763,134 @@ impl State {
     }
 }
 
+/// Longest sleep of the task when nothing is due (status refresh of the service lines).
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+impl State {
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::HomeRelay(Ok(client)) => {
+                self.home_connecting = false;
+                let url = client.instance_url();
+                tracing::info!("home relay connected");
+                self.home = Some(Arc::new(client));
+                let now = Instant::now();
+                for slot in self.peers.values_mut() {
+                    slot.conn.on_home_relay(Some(url.clone()), now);
+                }
+            }
+            Event::HomeRelay(Err(e)) => {
+                self.home_connecting = false;
+                tracing::warn!("home relay: {e}");
+                if let Ok(mut s) = self.shared.lock() {
+                    s.services.relay = self
+                        .relay_cfg
+                        .as_ref()
+                        .map(|(u, _)| (u.join(","), false, e.clone()));
+                }
+            }
+            Event::RelayOpened(k, url, conn) => self.on_relay_opened(k, url, conn),
+            Event::RelayFailed(k, e) => {
+                tracing::debug!(peer = %k, "relayed connection failed: {e}");
+                if let Some(slot) = self.peers.get_mut(&k) {
+                    slot.conn.on_relay_lost(Instant::now());
+                }
+                self.run_effects(k);
+            }
+            Event::RelayClosed(k) => {
+                tracing::info!(peer = %k, "relayed connection closed");
+                if let Some(slot) = self.peers.get_mut(&k) {
+                    slot.relay_url = None;
+                    slot.relay_path = None;
+                    slot.conn.on_relay_lost(Instant::now());
+                }
+                self.run_effects(k);
+            }
+        }
+    }
+
+    /// The signal stream changed state: a new registration makes every peer offer at once
+    /// (the remote may have missed what we sent while we were away).
+    fn on_signal_status(&mut self) {
+        let Some(sig) = &self.signal else {
+            return;
+        };
+        let status = sig.status().borrow().clone();
+        self.signal_ready = status.state == SignalState::Connected;
+        if status.registrations != self.signal_registrations {
+            self.signal_registrations = status.registrations;
+            let now = Instant::now();
+            for slot in self.peers.values_mut() {
+                slot.conn.on_signal_reconnected(now);
+            }
+        }
+        self.publish_services();
+    }
+
+    /// Refreshes the signal and relay lines of `status`.
+    fn publish_services(&self) {
+        let Some(sig) = &self.signal else {
+            return;
+        };
+        let status = sig.status().borrow().clone();
+        let connected = status.state == SignalState::Connected;
+        let addr = self
+            .signal_addr
+            .as_ref()
+            .map(|(a, _)| a.clone())
+            .unwrap_or_default();
+        let relay = self
+            .home
+            .as_ref()
+            .map(|h| (h.instance_url(), true, String::new()));
+        if let Ok(mut s) = self.shared.lock() {
+            s.services.signal = Some((addr, connected, status.last_error.unwrap_or_default()));
+            if relay.is_some() {
+                s.services.relay = relay;
+            }
+        }
+    }
+
+    /// Runs everything that is due: STUN queries, ICE agents, and (once the signal stream is
+    /// registered) each peer's offer guard.
+    fn step(&mut self, now: Instant) {
+        self.drive_ice(now);
+        if !self.signal_ready {
+            return;
+        }
+        let due: Vec<PublicKey> = self
+            .peers
+            .iter()
+            .filter(|(_, slot)| slot.conn.poll_timeout() <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut rng = rand::thread_rng();
+        for k in due {
+            if let Some(slot) = self.peers.get_mut(&k) {
+                slot.conn.handle_timeout(now, &mut rng);
+            }
+            self.run_effects(k);
+        }
+    }
+
+    /// When the task must wake next: the earliest ICE timer, STUN query or offer guard.
+    fn next_deadline(&mut self, now: Instant) -> Instant {
+        let mut next = now + IDLE_WAKE;
+        if !self.stun_servers.is_empty() {
+            next = next.min(self.stun_next);
+        }
+        for slot in self.peers.values_mut() {
+            if let Some(t) = slot.ice.as_mut().and_then(|i| i.agent.poll_timeout()) {
+                next = next.min(t);
+            }
+            if self.signal_ready {
+                next = next.min(slot.conn.poll_timeout());
+            }
+        }
+        next.max(now)
+    }
+}
+
 async fn run(
     key: PrivateKey,
     wg_port: u16,
@@ -757,90 +918,48 @@ async fn run(
         stun_tid: None,
         stun_next: Instant::now(),
         srflx: None,
+        signal_registrations: 0,
+        signal_ready: false,
     };
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel();
     st.device.set_raw_sink(raw_tx);
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut last_registrations = 0;
+    let mut signal_status: Option<watch::Receiver<SignalStatus>> = None;
     loop {
+        if signal_status.is_none() {
+            signal_status = st.signal.as_ref().map(|s| s.status());
+        }
+        let deadline = st.next_deadline(Instant::now());
         tokio::select! {
             cmd = cmds.recv() => match cmd {
                 None => break,
                 Some(Command::Peers(p)) => st.set_peers(p),
-                Some(Command::Services(s)) => st.set_services(s),
+                Some(Command::Services(s)) => {
+                    let before = st.signal_addr.clone();
+                    st.set_services(s);
+                    if st.signal_addr != before {
+                        signal_status = None;
+                    }
+                }
             },
             Some(m) = sig_rx.recv() => st.on_signal(m),
             Some((from, data)) = raw_rx.recv() => st.on_raw(from, data),
-            Some(ev) = event_rx.recv() => match ev {
-                Event::HomeRelay(Ok(client)) => {
-                    st.home_connecting = false;
-                    let url = client.instance_url();
-                    tracing::info!("home relay connected");
-                    st.home = Some(Arc::new(client));
-                    let now = Instant::now();
-                    let keys: Vec<PublicKey> = st.peers.keys().copied().collect();
-                    for k in keys {
-                        if let Some(slot) = st.peers.get_mut(&k) {
-                            slot.conn.on_home_relay(Some(url.clone()), now);
-                        }
-                    }
+            Some(ev) = event_rx.recv() => st.on_event(ev),
+            changed = async {
+                match signal_status.as_mut() {
+                    Some(w) => w.changed().await.is_ok(),
+                    None => std::future::pending().await,
                 }
-                Event::HomeRelay(Err(e)) => {
-                    st.home_connecting = false;
-                    tracing::warn!("home relay: {e}");
-                    if let Ok(mut s) = st.shared.lock() {
-                        s.services.relay = st.relay_cfg.as_ref().map(|(u, _)| (u.join(","), false, e.clone()));
-                    }
-                }
-                Event::RelayOpened(k, url, conn) => st.on_relay_opened(k, url, conn),
-                Event::RelayFailed(k, e) => {
-                    tracing::debug!(peer = %k, "relayed connection failed: {e}");
-                    if let Some(slot) = st.peers.get_mut(&k) {
-                        slot.conn.on_relay_lost(Instant::now());
-                    }
-                    st.run_effects(k);
-                }
-                Event::RelayClosed(k) => {
-                    tracing::info!(peer = %k, "relayed connection closed");
-                    if let Some(slot) = st.peers.get_mut(&k) {
-                        slot.relay_url = None;
-                        slot.conn.on_relay_lost(Instant::now());
-                    }
-                    st.run_effects(k);
-                }
-            },
-            _ = tick.tick() => {
-                let now = Instant::now();
-                if let Some(sig) = &st.signal {
-                    let status = sig.status().borrow().clone();
-                    if status.registrations != last_registrations {
-                        last_registrations = status.registrations;
-                        for slot in st.peers.values_mut() {
-                            slot.conn.on_signal_reconnected(now);
-                        }
-                    }
-                    let connected = status.state == crate::signal::SignalState::Connected;
-                    let addr = st.signal_addr.as_ref().map(|(a, _)| a.clone()).unwrap_or_default();
-                    let relay = st.home.as_ref().map(|h| (h.instance_url(), true, String::new()));
-                    if let Ok(mut s) = st.shared.lock() {
-                        s.services.signal = Some((addr, connected, status.last_error.clone().unwrap_or_default()));
-                        if relay.is_some() {
-                            s.services.relay = relay;
-                        }
-                    }
-                }
-                st.drive_ice(now);
-                let keys: Vec<PublicKey> = st.peers.keys().copied().collect();
-                let mut rng = rand::thread_rng();
-                for k in keys {
-                    if let Some(slot) = st.peers.get_mut(&k) {
-                        if slot.conn.poll_timeout() <= now {
-                            slot.conn.handle_timeout(now, &mut rng);
-                        }
-                    }
-                    st.run_effects(k);
+            } => {
+                if changed {
+                    st.on_signal_status();
+                } else {
+                    signal_status = None;
                 }
             }
+            _ = tokio::time::sleep_until(deadline.into()) => st.publish_services(),
         }
+        // Whatever happened, let timers, ICE agents and guards act on it at once: an answer
+        // or a check response must not wait for a periodic tick.
+        st.step(Instant::now());
     }
 }

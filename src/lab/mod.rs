@@ -305,7 +305,12 @@ impl Lab {
         let deadline = Instant::now() + self.opts.timeout;
         loop {
             let ok = Command::new("ip")
-                .args(["netns", "exec", &ns1, "ping", "-c", "1", "-W", "1", &target])
+                // One reply ends it; probes every 20 ms so the figure is not rounded up to
+                // ping's one-second default interval.
+                .args([
+                    "netns", "exec", &ns1, "ping", "-n", "-q", "-c", "1", "-i", "0.02", "-w", "2",
+                    &target,
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()

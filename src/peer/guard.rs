@@ -1,7 +1,8 @@
 //! The reconnect guard's schedule: when a peer connection re-offers.
 //!
 //! Upstream: first tick at once; then 3 s doubling with 10 % jitter up to the peer's timeout
-//! (random 30–45 s); after an event (path lost, signal or relay reconnected) restart at 800 ms.
+//! (random 30–45 s); after an event (path lost, signal or relay reconnected) tick at once, then
+//! back off from 800 ms (upstream's backoff ticker always ticks once immediately).
 //! A relay-only peer re-offers at most 3 more times, then hourly.
 
 use super::{RELAY_ONLY_OFFER_LIMIT, RELAY_ONLY_SLOW_INTERVAL};
@@ -46,10 +47,10 @@ impl Guard {
         self.interval = (self.interval * 2).min(self.cap);
     }
 
-    /// After an event: tick soon and back off from 800 ms again.
+    /// After an event: tick at once, then back off from 800 ms again.
     pub fn restart_fast(&mut self, now: Instant) {
-        self.next = now + FAST_START;
-        self.interval = FAST_START * 2;
+        self.next = now;
+        self.interval = FAST_START;
         self.relay_only_offers = 0;
     }
 

@@ -531,10 +531,31 @@ impl TunnelDevice for UserspaceTunnel {
             .read()
             .ok()
             .and_then(|p| p.get(key).cloned());
-        if let Some(peer) = peer {
-            if let Ok(mut p) = peer.path.write() {
-                *p = path;
+        let Some(peer) = peer else {
+            return;
+        };
+        let is_new_path = path.is_some();
+        if let Ok(mut p) = peer.path.write() {
+            *p = path;
+        }
+        if !is_new_path {
+            return;
+        }
+        // Without a session, start the handshake on the new path now: an initiation WireGuard
+        // sent earlier (first packet queued, no path yet) went nowhere, and its own retry would
+        // only come after REKEY_TIMEOUT (5 s).
+        let mut out = vec![0u8; 256];
+        let packet = match peer.tunn.lock() {
+            Ok(mut tunn) if tunn.time_since_last_handshake().is_none() => {
+                match tunn.format_handshake_initiation(&mut out, true) {
+                    TunnResult::WriteToNetwork(b) => Some(b.to_vec()),
+                    _ => None,
+                }
             }
+            _ => None,
+        };
+        if let Some(p) = packet {
+            self.inner.send(&peer, &p);
         }
     }
 

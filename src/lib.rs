@@ -22,7 +22,6 @@ pub mod status_view;
 pub mod system;
 #[cfg(feature = "testbed")]
 pub mod testbed;
-pub mod tunnel;
 pub mod wg;
 
 /// Generated protobuf types and gRPC stubs, wire-compatible with NetBird's.

@@ -39,9 +39,9 @@ pub fn data_plane_factory(no_data_plane: bool) -> DataPlaneFactory {
         Arc::new(|_cfg| Ok(Box::new(RecordingDataPlane::default())))
     } else {
         Arc::new(|cfg| {
-            Ok(Box::new(
-                netbird_agent::tunnel::dataplane::UserspaceDataPlane::new(cfg)?,
-            ))
+            Ok(Box::new(netbird_agent::wg::agent::UserspaceDataPlane::new(
+                cfg,
+            )?))
         })
     }
 }

@@ -8,6 +8,7 @@
 //! parts (allowed-IP lookup, the UAPI text protocol, datagram classification, netlink message
 //! building) live in their own modules and are unit-tested without a device.
 
+pub mod agent;
 pub mod allowed_ips;
 pub mod kernel;
 pub mod link;

@@ -267,6 +267,31 @@ impl UserspaceDevice {
         });
     }
 
+    /// Starts a handshake with `peer` now if it has no session. Used when a path appears: an
+    /// initiation sent before (first packet queued, nowhere to send it) was lost, and WireGuard
+    /// itself would only retry after REKEY_TIMEOUT (5 s).
+    pub fn initiate_handshake(&self, peer: &PublicKey) {
+        let Some(p) = self.inner.peers.read().by_key.get(peer).cloned() else {
+            return;
+        };
+        let mut out = [0u8; 256];
+        let initiation = {
+            let mut g = p.tunn.lock();
+            match g.as_mut() {
+                Some(t) if t.time_since_last_handshake().is_none() => {
+                    match t.format_handshake_initiation(&mut out, true) {
+                        TunnResult::WriteToNetwork(b) => Some(b.to_vec()),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }
+        };
+        if let Some(b) = initiation {
+            self.inner.send_to_peer(&p, &b);
+        }
+    }
+
     /// Installs the receiver of non-WireGuard datagrams (ICE). `None` drops them.
     pub fn set_foreign_handler(&self, handler: Option<ForeignHandler>) {
         *self.inner.foreign.write() = handler;

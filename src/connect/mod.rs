@@ -75,6 +75,10 @@ pub trait TunnelDevice: Send + Sync + 'static {
     /// Statistics of a peer.
     fn peer_stats(&self, key: &PublicKey) -> Option<PeerStats>;
     /// Sends a non-WireGuard datagram (STUN, ICE checks) from the WireGuard socket.
+    /// Holds back our own WireGuard handshake initiations to `key` for `duration`, so the
+    /// controller's handshake is the one that completes (upstream leaves the non-controller's
+    /// endpoint unset for 5 s to the same end). Devices without the notion ignore it.
+    fn hold_initiations(&self, _key: &PublicKey, _duration: Duration) {}
     fn send_raw(&self, dst: SocketAddr, data: &[u8]);
     /// Where datagrams arriving on the WireGuard socket that are not WireGuard go.
     fn set_raw_sink(&self, sink: RawSink);
@@ -111,6 +115,7 @@ pub struct ServicesStatus {
 
 enum Command {
     Peers(Vec<(PublicKey, Vec<IpNet>)>),
+    Overlay(Vec<IpNet>),
     Services(ServicesConfig),
 }
 
@@ -119,6 +124,8 @@ enum Event {
     RelayOpened(PublicKey, String, RelayConn),
     RelayFailed(PublicKey, String),
     RelayClosed(PublicKey),
+    /// STUN server names resolved, for the URI list they came from.
+    StunResolved(Vec<String>, Vec<SocketAddr>),
 }
 
 #[derive(Default)]
@@ -146,6 +153,12 @@ impl ConnManager {
     /// The peers to connect to (full list; others are dropped).
     pub fn set_peers(&self, peers: Vec<(PublicKey, Vec<IpNet>)>) {
         let _ = self.cmds.send(Command::Peers(peers));
+    }
+
+    /// Our overlay networks: candidates inside them are refused (ICE must not run through
+    /// the tunnel it is building).
+    pub fn set_overlay(&self, nets: Vec<IpNet>) {
+        let _ = self.cmds.send(Command::Overlay(nets));
     }
 
     /// Signal and relay settings.
@@ -194,6 +207,8 @@ struct Slot {
     /// The open relayed connection as a WireGuard path, used whenever the relay is the
     /// active path (also again after ICE drops).
     relay_path: Option<WgPath>,
+    /// Whether WireGuard currently has a path to the peer.
+    has_path: bool,
     relay_task: Option<JoinHandle<()>>,
     ice: Option<IceSession>,
     pending_candidates: Vec<is::Candidate>,
@@ -265,6 +280,10 @@ struct State {
     foreign: HashMap<String, Arc<RelayClient>>,
     peers: HashMap<PublicKey, Slot>,
     stun_servers: Vec<SocketAddr>,
+    /// The STUN URIs `stun_servers` was made from.
+    stun_uris: Vec<String>,
+    /// Our overlay networks (see [`ConnManager::set_overlay`]).
+    overlay: Vec<IpNet>,
     stun_tid: Option<[u8; 12]>,
     stun_next: Instant,
     srflx: Option<SocketAddr>,
@@ -375,12 +394,25 @@ impl State {
                         slot.relay_path = None;
                     }
                 }
-                Effect::SetPath(None) => self.device.set_path(&key, None),
-                Effect::SetPath(Some(ActivePath::Direct(addr))) => {
-                    self.device.set_path(&key, Some(WgPath::Udp(addr)))
+                Effect::SetPath(None) => {
+                    if let Some(slot) = self.peers.get_mut(&key) {
+                        slot.has_path = false;
+                    }
+                    self.device.set_path(&key, None)
                 }
-                Effect::SetPath(Some(ActivePath::Relay)) => {
-                    let path = self.peers.get(&key).and_then(|s| s.relay_path.clone());
+                Effect::SetPath(Some(active)) => {
+                    let Some(slot) = self.peers.get_mut(&key) else {
+                        continue;
+                    };
+                    let path = match active {
+                        ActivePath::Direct(addr) => Some(WgPath::Udp(addr)),
+                        ActivePath::Relay => slot.relay_path.clone(),
+                    };
+                    if !slot.has_path && !slot.conn.is_controller() {
+                        self.device
+                            .hold_initiations(&key, NON_CONTROLLER_HANDSHAKE_HOLD);
+                    }
+                    slot.has_path = path.is_some();
                     self.device.set_path(&key, path);
                 }
             }
@@ -488,6 +520,9 @@ impl State {
             SignalMessage::Offer(oa) => slot.conn.on_offer(from_wire(&oa), now),
             SignalMessage::Answer(oa) => slot.conn.on_answer(from_wire(&oa), now),
             SignalMessage::Candidate(text) => match crate::ice::candidate_from_signal(&text) {
+                Some(c) if !crate::ice::candidate_addr_usable(c.addr(), &self.overlay) => {
+                    tracing::debug!(peer = %msg.from, addr = %c.addr(), "impossible candidate dropped");
+                }
                 Some(c) => match slot.ice.as_mut() {
                     Some(ice) => ice.agent.add_remote_candidate(c),
                     None if slot.pending_candidates.len() < 64 => slot.pending_candidates.push(c),
@@ -529,6 +564,7 @@ impl State {
                         conn,
                         relay_url: None,
                         relay_path: None,
+                        has_path: false,
                         relay_task: None,
                         ice: None,
                         pending_candidates: Vec::new(),
@@ -642,6 +678,39 @@ impl State {
         }
     }
 
+    /// Uses new STUN URIs: IP literals at once, names once resolved (real deployments use
+    /// names such as `stun:stun.netbird.io:443`).
+    fn set_stun_servers(&mut self, uris: Vec<String>) {
+        let parsed: Vec<crate::ice::ServerUri> = uris
+            .iter()
+            .filter_map(|u| {
+                let p = crate::ice::parse_server_uri(u)
+                    .filter(|p| p.scheme == crate::ice::ServerScheme::Stun);
+                if p.is_none() {
+                    tracing::warn!("ignoring STUN server URI {u:?}");
+                }
+                p
+            })
+            .collect();
+        self.stun_uris = uris.clone();
+        self.stun_servers = parsed.iter().filter_map(|p| p.literal_addr()).collect();
+        self.stun_next = Instant::now();
+        if parsed.iter().all(|p| p.literal_addr().is_some()) {
+            return;
+        }
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let mut addrs = Vec::new();
+            for p in &parsed {
+                match p.resolve().await {
+                    Ok(found) => addrs.extend(found.into_iter().filter(|a| a.is_ipv4())),
+                    Err(e) => tracing::warn!("resolving STUN server {}: {e}", p.host),
+                }
+            }
+            let _ = events.send(Event::StunResolved(uris, addrs));
+        });
+    }
+
     /// Drives every ICE agent: timers, outgoing checks, connection changes.
     fn drive_ice(&mut self, now: Instant) {
         if !self.stun_servers.is_empty() && now >= self.stun_next {
@@ -708,11 +777,9 @@ impl State {
     }
 
     fn set_services(&mut self, s: ServicesConfig) {
-        self.stun_servers = s
-            .stuns
-            .iter()
-            .filter_map(|u| crate::ice::parse_stun_uri(u))
-            .collect();
+        if s.stuns != self.stun_uris {
+            self.set_stun_servers(s.stuns.clone());
+        }
         if let Some((addr, tls)) = s.signal.clone() {
             if self.signal_addr.as_ref() != Some(&(addr.clone(), tls)) {
                 match SignalClient::start(SignalConfig::new(addr.clone(), tls), self.key.clone()) {
@@ -763,6 +830,9 @@ impl State {
     }
 }
 
+/// How long the non-controller leaves the first handshake to the controller.
+const NON_CONTROLLER_HANDSHAKE_HOLD: Duration = Duration::from_secs(5);
+
 /// Longest sleep of the task when nothing is due (status refresh of the service lines).
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
@@ -787,6 +857,12 @@ impl State {
                         .relay_cfg
                         .as_ref()
                         .map(|(u, _)| (u.join(","), false, e.clone()));
+                }
+            }
+            Event::StunResolved(uris, addrs) => {
+                if uris == self.stun_uris {
+                    self.stun_servers = addrs;
+                    self.stun_next = Instant::now();
                 }
             }
             Event::RelayOpened(k, url, conn) => self.on_relay_opened(k, url, conn),
@@ -915,6 +991,8 @@ async fn run(
         foreign: HashMap::new(),
         peers: HashMap::new(),
         stun_servers: Vec::new(),
+        stun_uris: Vec::new(),
+        overlay: Vec::new(),
         stun_tid: None,
         stun_next: Instant::now(),
         srflx: None,
@@ -933,6 +1011,7 @@ async fn run(
             cmd = cmds.recv() => match cmd {
                 None => break,
                 Some(Command::Peers(p)) => st.set_peers(p),
+                Some(Command::Overlay(nets)) => st.overlay = nets,
                 Some(Command::Services(s)) => {
                     let before = st.signal_addr.clone();
                     st.set_services(s);

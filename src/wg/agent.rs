@@ -80,6 +80,10 @@ impl TunnelDevice for UserspaceDevice {
         }
     }
 
+    fn hold_initiations(&self, key: &PublicKey, duration: std::time::Duration) {
+        UserspaceDevice::hold_initiations(self, key, duration);
+    }
+
     fn inject(&self, _key: &PublicKey, datagram: &[u8]) {
         self.inject_datagram(datagram);
     }
@@ -206,6 +210,9 @@ impl DataPlane for UserspaceDataPlane {
                     .unwrap_or(DEFAULT_MTU);
                 link::configure(self.device.name(), &[addr], mtu).map_err(|e| e.to_string())?;
                 self.address = Some(addr);
+                if let Some(conn) = &self.conn {
+                    conn.set_overlay(vec![addr.trunc()]);
+                }
             }
         }
         for k in &diff.peers_removed {

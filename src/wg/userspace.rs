@@ -134,6 +134,11 @@ struct Peer {
     route: RwLock<Route>,
     keepalive: AtomicU16,
     last_sent_ms: AtomicU64,
+    /// Until when (device clock, ms) this peer's own handshake initiations are held back.
+    hold_initiations_until_ms: AtomicU64,
+    /// An initiation of ours was dropped (no path yet, or held): the next path kick must
+    /// send a fresh one even though boringtun thinks a handshake is in progress.
+    initiation_unsent: AtomicBool,
     rx_bytes: AtomicU64,
     tx_bytes: AtomicU64,
 }
@@ -270,16 +275,23 @@ impl UserspaceDevice {
     /// Starts a handshake with `peer` now if it has no session. Used when a path appears: an
     /// initiation sent before (first packet queued, nowhere to send it) was lost, and WireGuard
     /// itself would only retry after REKEY_TIMEOUT (5 s).
+    ///
+    /// Only an initiation that went nowhere is replaced: one in flight on a path is left to
+    /// finish, since a second one would make its response useless.
     pub fn initiate_handshake(&self, peer: &PublicKey) {
         let Some(p) = self.inner.peers.read().by_key.get(peer).cloned() else {
             return;
         };
+        if self.inner.now_ms() < p.hold_initiations_until_ms.load(Ordering::Relaxed) {
+            return;
+        }
         let mut out = [0u8; 256];
         let initiation = {
             let mut g = p.tunn.lock();
             match g.as_mut() {
                 Some(t) if t.time_since_last_handshake().is_none() => {
-                    match t.format_handshake_initiation(&mut out, true) {
+                    let force = p.initiation_unsent.swap(false, Ordering::Relaxed);
+                    match t.format_handshake_initiation(&mut out, force) {
                         TunnResult::WriteToNetwork(b) => Some(b.to_vec()),
                         _ => None,
                     }
@@ -289,6 +301,18 @@ impl UserspaceDevice {
         };
         if let Some(b) = initiation {
             self.inner.send_to_peer(&p, &b);
+        }
+    }
+
+    /// Holds back `peer`'s own handshake initiations for `duration` (responses and data still
+    /// go out). The side that is not the ICE controller waits so that the controller's
+    /// handshake is not crossed by ours: boringtun drops its own pending handshake when it
+    /// answers the other's, and two such crossings in a row stall the tunnel for 15 s.
+    /// Upstream gets the same effect by leaving that side's endpoint unset for 5 s.
+    pub fn hold_initiations(&self, peer: &PublicKey, duration: Duration) {
+        if let Some(p) = self.inner.peers.read().by_key.get(peer) {
+            let until = self.inner.now_ms() + duration.as_millis() as u64;
+            p.hold_initiations_until_ms.store(until, Ordering::Relaxed);
         }
     }
 
@@ -516,6 +540,14 @@ impl Inner {
         if items.is_empty() {
             return;
         }
+        if let [(off, len)] = items {
+            if is_initiation(&buf[*off..*off + *len])
+                && self.now_ms() < peer.hold_initiations_until_ms.load(Ordering::Relaxed)
+            {
+                peer.initiation_unsent.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
         // Copy the route out of its lock: a path may re-enter the device (see `PeerPath`).
         let (path, endpoint) = {
             let r = peer.route.read();
@@ -563,6 +595,9 @@ impl Inner {
             }
         } else {
             inc(&self.counters.tx_no_endpoint);
+            if items.iter().any(|&(o, l)| is_initiation(&buf[o..o + l])) {
+                peer.initiation_unsent.store(true, Ordering::Relaxed);
+            }
             return;
         }
         if ok_bytes > 0 {
@@ -1010,6 +1045,8 @@ impl Inner {
                     route: RwLock::new(Route::default()),
                     keepalive: AtomicU16::new(0),
                     last_sent_ms: AtomicU64::new(0),
+                    hold_initiations_until_ms: AtomicU64::new(0),
+                    initiation_unsent: AtomicBool::new(false),
                     rx_bytes: AtomicU64::new(0),
                     tx_bytes: AtomicU64::new(0),
                 });
@@ -1124,4 +1161,9 @@ fn wait_readable(tun: &Tun, timeout: Duration) {
     unsafe {
         libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int);
     }
+}
+
+/// A WireGuard handshake initiation (message type 1, 148 bytes).
+fn is_initiation(d: &[u8]) -> bool {
+    d.len() == 148 && d[..4] == [1, 0, 0, 0]
 }

@@ -286,3 +286,69 @@ fn churn_of_peer_changes_keeps_table_consistent() {
     assert_eq!(owners, 1);
     dev.close().expect("close");
 }
+
+/// Like [`DirectPath`], remembering the WireGuard message type of every datagram.
+struct TypedPath {
+    inner: DirectPath,
+    types: Mutex<Vec<u8>>,
+}
+impl PeerPath for TypedPath {
+    fn send(&self, d: &[u8]) -> std::io::Result<()> {
+        if let Some(t) = d.first() {
+            self.types.lock().expect("lock").push(*t);
+        }
+        self.inner.send(d)
+    }
+}
+
+#[test]
+fn held_side_answers_but_does_not_initiate() {
+    if let Some(r) = skip_reason() {
+        println!("skipped: {r}");
+        return;
+    }
+    let (n1, n2) = (Netns::new(), Netns::new());
+    let a = make_dev(&n1, "nbha0", "100.64.35.1/24");
+    let b = make_dev(&n2, "nbhb0", "100.64.35.2/24");
+    let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
+    a.configure(Some(&ka), None, None).expect("configure a");
+    b.configure(Some(&kb), None, None).expect("configure b");
+    a.upsert_peer(&peer(kb.public_key(), "100.64.35.2/32"))
+        .expect("peer");
+    b.upsert_peer(&peer(ka.public_key(), "100.64.35.1/32"))
+        .expect("peer");
+    let typed = |to: &Arc<UserspaceDevice>| {
+        Arc::new(TypedPath {
+            inner: DirectPath {
+                to: Mutex::new(Arc::downgrade(to)),
+                sent: AtomicU32::new(0),
+            },
+            types: Mutex::new(Vec::new()),
+        })
+    };
+    let (pa, pb) = (typed(&b), typed(&a));
+    a.set_peer_path(&kb.public_key(), Some(pa.clone()))
+        .expect("path a");
+    b.set_peer_path(&ka.public_key(), Some(pb.clone()))
+        .expect("path b");
+    // B is the non-controller: its own handshakes are held back.
+    b.hold_initiations(&ka.public_key(), Duration::from_secs(60));
+    b.initiate_handshake(&ka.public_key());
+    assert!(
+        !n2.run(&["ping", "-c", "1", "-W", "1", "100.64.35.1"]),
+        "B must not have started a handshake"
+    );
+    assert!(
+        !pb.types.lock().expect("lock").contains(&1),
+        "B sent an initiation while held: {:?}",
+        pb.types.lock().expect("lock")
+    );
+    // The controller starts it; B answers, and B's traffic flows.
+    a.initiate_handshake(&kb.public_key());
+    assert!(n2.run(&["ping", "-c", "2", "-i", "0.2", "-W", "2", "100.64.35.1"]));
+    let b_sent = pb.types.lock().expect("lock").clone();
+    assert!(b_sent.contains(&2), "B answered: {b_sent:?}");
+    assert!(!b_sent.contains(&1), "B never initiated: {b_sent:?}");
+    a.close().expect("close");
+    b.close().expect("close");
+}

@@ -379,7 +379,9 @@ async fn dial(
     let auth = messages::auth(own, &config.token.to_wire()?)?;
     let (mut ws, _) = tokio::time::timeout(
         config.dial_timeout,
-        tokio_tungstenite::connect_async(url.as_str()),
+        // No Nagle: writes are already batched (see `write_queued`), and delaying small
+        // datagrams (TCP ACKs inside the tunnel) costs throughput.
+        tokio_tungstenite::connect_async_with_config(url.as_str(), None, true),
     )
     .await
     .map_err(|_| RelayError::Timeout("dial"))??;
@@ -569,15 +571,9 @@ async fn writer(
     mut sink: futures::stream::SplitSink<Ws, Message>,
     mut rx: mpsc::Receiver<Message>,
 ) {
-    while let Some(m) = rx.recv().await {
-        let last = matches!(m, Message::Close(_));
-        if let Err(e) = sink.send(m).await {
-            tracing::debug!(error = %e, "relay write failed");
-            return;
-        }
-        if last {
-            break;
-        }
+    if let Err(e) = super::write_queued(&mut sink, &mut rx).await {
+        tracing::debug!(error = %e, "relay write failed");
+        return;
     }
     let _ = sink.close().await;
 }

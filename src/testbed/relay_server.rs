@@ -209,6 +209,7 @@ async fn accept_loop(
         tokio::select! {
             acc = listener.accept() => match acc {
                 Ok((tcp, from)) => {
+                    let _ = tcp.set_nodelay(true);
                     conns.spawn(handle(tcp, from, shared.clone(), shutdown.clone()));
                 }
                 Err(e) => tracing::warn!(error = %e, "relay testbed accept failed"),
@@ -290,12 +291,7 @@ async fn handle(
 
     let (tx, mut rx) = mpsc::channel::<Message>(WRITE_QUEUE);
     let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            let last = matches!(m, Message::Close(_));
-            if sink.send(m).await.is_err() || last {
-                break;
-            }
-        }
+        let _ = crate::relay::write_queued(&mut sink, &mut rx).await;
         let _ = sink.close().await;
     });
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);

@@ -68,6 +68,7 @@ fn traffic_keeps_flowing_while_the_signal_server_restarts() {
         peers: 2,
         timeout: Duration::from_secs(60),
         block_udp: false,
+        ..Default::default()
     })
     .expect("lab starts");
     let report = lab.run().expect("peers connect");
@@ -118,6 +119,7 @@ fn with_udp_blocked_peers_use_the_relay_then_upgrade_to_direct() {
         peers: 2,
         timeout: Duration::from_secs(60),
         block_udp: true,
+        ..Default::default()
     })
     .expect("lab starts");
     lab.run().expect("peers connect through the relay");
@@ -167,6 +169,7 @@ fn when_the_direct_path_breaks_traffic_moves_to_the_relay() {
         peers: 2,
         timeout: Duration::from_secs(60),
         block_udp: false,
+        ..Default::default()
     })
     .expect("lab starts");
     lab.run().expect("peers connect directly");
@@ -209,4 +212,54 @@ fn when_the_direct_path_breaks_traffic_moves_to_the_relay() {
         "{}",
         String::from_utf8_lossy(&ping.stdout)
     );
+}
+
+#[test]
+fn without_a_relay_blocked_peers_meet_over_turn() {
+    if !can_run() {
+        return;
+    }
+    if std::process::Command::new("turnserver")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: coturn (turnserver) is not installed");
+        return;
+    }
+    use netbird_agent::lab::{Lab, LabOptions};
+    use std::time::Duration;
+    let mut lab = Lab::start(LabOptions {
+        binary: BIN.into(),
+        peers: 2,
+        timeout: Duration::from_secs(60),
+        block_udp: true,
+        turn: true,
+        no_relay: true,
+    })
+    .expect("lab starts");
+    lab.run().expect("peers connect through TURN");
+    let st = lab.status(1).unwrap_or_default();
+    assert!(st.contains("Connection type: Relayed"), "{st}");
+    assert!(st.contains("relay"), "a relay candidate is in use: {st}");
+    assert!(
+        st.contains("Relays: 0/0"),
+        "no NetBird relay was offered: {st}"
+    );
+    let ns = lab.topo.peer_ns(1);
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "ping",
+            "-c",
+            "3",
+            "-W",
+            "2",
+            "100.64.0.2",
+        ])
+        .output()
+        .unwrap();
+    assert!(ping.status.success());
 }

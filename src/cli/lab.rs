@@ -25,6 +25,12 @@ pub struct LabArgs {
     /// Block UDP between the NATs, so peers must use the relay.
     #[arg(long)]
     pub block_udp: bool,
+    /// Also run coturn in the WAN namespace and advertise it as the TURN server.
+    #[arg(long)]
+    pub turn: bool,
+    /// Do not advertise the NetBird relay (with --block-udp and --turn: peers meet over TURN).
+    #[arg(long)]
+    pub no_relay: bool,
 }
 
 /// Runs the lab.
@@ -39,6 +45,8 @@ pub fn run(args: LabArgs) -> ExitCode {
         peers: args.peers,
         timeout: Duration::from_secs(args.timeout),
         block_udp: args.block_udp,
+        turn: args.turn,
+        no_relay: args.no_relay,
     };
     println!(
         "lab: building {} peers behind NAT routers and starting the testbed",

@@ -44,6 +44,12 @@ pub struct TestbedArgs {
     /// Create a reusable setup key at start and print it.
     #[arg(long)]
     pub create_setup_key: bool,
+    /// Run coturn on this UDP address and advertise it as the TURN server.
+    #[arg(long)]
+    pub turn_addr: Option<SocketAddr>,
+    /// Do not advertise the NetBird relay (peers that cannot meet directly need TURN).
+    #[arg(long)]
+    pub no_relay: bool,
 }
 
 /// Runs the testbed until Ctrl-C or SIGTERM.
@@ -58,6 +64,8 @@ pub fn run(args: TestbedArgs) -> ExitCode {
                 relay: args.relay_addr,
                 relay_secret: args.relay_secret,
                 stun: args.stun_addr,
+                turn: args.turn_addr,
+                advertise_relay: !args.no_relay,
             }),
             ..Default::default()
         };

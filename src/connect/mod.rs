@@ -5,8 +5,9 @@
 //!
 //! ICE runs on the WireGuard socket itself (the device hands us STUN datagrams and sends ours):
 //! host candidates from the interfaces, a server-reflexive one from the STUN servers in
-//! NetbirdConfig, checks by the `is` agent; a connected pair becomes the peer's direct path and
-//! wins over the relay. TURN candidates are not gathered yet.
+//! NetbirdConfig, a relayed one from a TURN allocation ([`turn`], its own socket) when no
+//! NetBird relay can join the two peers, checks by the `is` agent; a connected pair becomes
+//! the peer's path and wins over the NetBird relay.
 
 use crate::crypto::{PrivateKey, PublicKey};
 use crate::engine::ServicesConfig;
@@ -16,6 +17,8 @@ use crate::signal::{
     OfferAnswer, ReceivedSignal, SignalClient, SignalConfig, SignalMessage, SignalState,
     SignalStatus,
 };
+mod turn;
+
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -126,6 +129,11 @@ enum Event {
     RelayClosed(PublicKey),
     /// STUN server names resolved, for the URI list they came from.
     StunResolved(Vec<String>, Vec<SocketAddr>),
+    /// TURN servers resolved (address, user, password), for the config they came from.
+    TurnResolved(
+        Vec<(String, String, String)>,
+        Vec<(SocketAddr, String, String)>,
+    ),
 }
 
 #[derive(Default)]
@@ -192,6 +200,8 @@ struct IceSession {
     local: SocketAddr,
     connected: bool,
     nominated: Option<SocketAddr>,
+    /// The local address the nominated pair sends from (a TURN relayed address or ours).
+    nominated_source: Option<SocketAddr>,
     /// When a STUN message for this agent last arrived; upstream ends ICE after
     /// [`ICE_DISCONNECTED_TIMEOUT`] without one, so we do the same.
     last_rx: Instant,
@@ -209,6 +219,8 @@ struct Slot {
     relay_path: Option<WgPath>,
     /// Whether WireGuard currently has a path to the peer.
     has_path: bool,
+    /// TURN allocation of the current ICE session, if TURN is gathered.
+    turn: Option<turn::TurnHandle>,
     relay_task: Option<JoinHandle<()>>,
     ice: Option<IceSession>,
     pending_candidates: Vec<is::Candidate>,
@@ -226,10 +238,21 @@ fn kind_name(k: is::CandidateKind) -> &'static str {
 /// Types and endpoints of the nominated pair: the remote side from the candidate the agent
 /// sends to; the local side is the candidate it was formed from (our host address, or our
 /// reflexive one if the remote is outside our network).
-fn selected_pair(ice: &IceSession) -> Option<(String, String, String, String)> {
+fn selected_pair(
+    ice: &IceSession,
+    turn_relayed: Option<SocketAddr>,
+) -> Option<(String, String, String, String)> {
     let dest = ice.nominated?;
     let remote = ice.agent.remote_candidates().find(|c| c.addr() == dest);
     let remote_kind = remote.map(|c| kind_name(c.kind())).unwrap_or("prflx");
+    if let Some(relayed) = turn_relayed.filter(|r| ice.nominated_source == Some(*r)) {
+        return Some((
+            "relay".to_string(),
+            relayed.to_string(),
+            remote_kind.to_string(),
+            dest.to_string(),
+        ));
+    }
     let local = if remote_kind == "host" {
         ice.agent
             .local_candidates()
@@ -253,6 +276,25 @@ fn selected_pair(ice: &IceSession) -> Option<(String, String, String, String)> {
         remote_kind.to_string(),
         dest.to_string(),
     ))
+}
+
+/// Whether the nominated pair is relayed: our side is the TURN relayed address, or the
+/// remote candidate is a relay one (upstream counts either as ICE-via-TURN).
+fn pair_is_relayed(ice: &IceSession, turn: Option<&turn::TurnHandle>) -> bool {
+    let local = turn
+        .and_then(|t| t.relayed)
+        .is_some_and(|r| ice.nominated_source == Some(r));
+    let remote = ice.nominated.is_some_and(|d| {
+        ice.agent
+            .remote_candidates()
+            .any(|c| c.addr() == d && c.kind() == is::CandidateKind::Relayed)
+    });
+    local || remote
+}
+
+/// The address of a literal `turn:` URI.
+fn turn_uri_addr(uri: &str) -> Option<SocketAddr> {
+    crate::ice::parse_server_uri(uri).and_then(|u| u.literal_addr())
 }
 
 /// Local IPv4 host addresses for candidates: interfaces that are up and have a MAC
@@ -282,6 +324,12 @@ struct State {
     stun_servers: Vec<SocketAddr>,
     /// The STUN URIs `stun_servers` was made from.
     stun_uris: Vec<String>,
+    /// UDP TURN servers with credentials, resolved.
+    turn_servers: Vec<(SocketAddr, String, String)>,
+    /// The NetbirdConfig TURN entries `turn_servers` was made from.
+    turn_cfg: Vec<(String, String, String)>,
+    /// Where allocation tasks report.
+    turn_tx: mpsc::UnboundedSender<(PublicKey, turn::TurnUpdate)>,
     /// Our overlay networks (see [`ConnManager::set_overlay`]).
     overlay: Vec<IpNet>,
     stun_tid: Option<[u8; 12]>,
@@ -354,7 +402,8 @@ impl State {
                     },
                     since,
                     ice_pair: if matches!(info.path, PathKind::IceDirect | PathKind::IceTurn) {
-                        slot.ice.as_ref().and_then(selected_pair)
+                        let relayed = slot.turn.as_ref().and_then(|t| t.relayed);
+                        slot.ice.as_ref().and_then(|i| selected_pair(i, relayed))
                     } else {
                         None
                     },
@@ -378,10 +427,12 @@ impl State {
                 Effect::StartIce {
                     remote,
                     controlling,
-                } => self.start_ice(key, remote, controlling),
+                    gather_turn,
+                } => self.start_ice(key, remote, controlling, gather_turn),
                 Effect::StopIce => {
                     if let Some(slot) = self.peers.get_mut(&key) {
                         slot.ice = None;
+                        slot.turn = None;
                     }
                 }
                 Effect::OpenRelay(url) => self.open_relay(key, url),
@@ -404,9 +455,16 @@ impl State {
                     let Some(slot) = self.peers.get_mut(&key) else {
                         continue;
                     };
-                    let path = match active {
-                        ActivePath::Direct(addr) => Some(WgPath::Udp(addr)),
-                        ActivePath::Relay => slot.relay_path.clone(),
+                    let via_turn = slot.turn.as_ref().filter(|t| {
+                        t.relayed.is_some()
+                            && slot.ice.as_ref().and_then(|i| i.nominated_source) == t.relayed
+                    });
+                    let path = match (active, via_turn) {
+                        (ActivePath::Direct(addr), Some(t)) => {
+                            Some(WgPath::Custom(t.path_to(addr)))
+                        }
+                        (ActivePath::Direct(addr), None) => Some(WgPath::Udp(addr)),
+                        (ActivePath::Relay, _) => slot.relay_path.clone(),
                     };
                     if !slot.has_path && !slot.conn.is_controller() {
                         self.device
@@ -565,6 +623,7 @@ impl State {
                         relay_url: None,
                         relay_path: None,
                         has_path: false,
+                        turn: None,
                         relay_task: None,
                         ice: None,
                         pending_candidates: Vec::new(),
@@ -575,7 +634,13 @@ impl State {
         }
     }
 
-    fn start_ice(&mut self, key: PublicKey, remote: peer::IceParams, controlling: bool) {
+    fn start_ice(
+        &mut self,
+        key: PublicKey,
+        remote: peer::IceParams,
+        controlling: bool,
+        gather_turn: bool,
+    ) {
         let hosts = host_addresses(self.device.listen_port());
         let Some(first) = hosts.first().copied() else {
             tracing::debug!("no host addresses for ICE");
@@ -618,11 +683,139 @@ impl State {
             local: first,
             connected: false,
             nominated: None,
+            nominated_source: None,
             last_rx: Instant::now(),
         });
+        // A fresh allocation per ICE session, as pion's agent gathers one per agent.
+        slot.turn = match self.turn_servers.first() {
+            Some((server, user, password)) if gather_turn => Some(turn::TurnHandle::start(
+                key,
+                *server,
+                user.clone(),
+                password.clone(),
+                self.device.clone(),
+                self.turn_tx.clone(),
+            )),
+            _ => None,
+        };
         for t in texts {
             self.send_signal(key, SignalMessage::Candidate(t));
         }
+    }
+
+    /// A report from a peer's TURN allocation.
+    fn on_turn(&mut self, key: PublicKey, update: turn::TurnUpdate) {
+        let now = Instant::now();
+        let Some(slot) = self.peers.get_mut(&key) else {
+            return;
+        };
+        match update {
+            turn::TurnUpdate::Allocated { relayed, local } => {
+                let Some(t) = slot.turn.as_mut() else {
+                    return;
+                };
+                t.relayed = Some(relayed);
+                let Some(ice) = slot.ice.as_mut() else {
+                    return;
+                };
+                let text = is::Candidate::relayed(relayed, local, "udp")
+                    .ok()
+                    .and_then(|c| ice.agent.add_local_candidate(c).cloned())
+                    .map(|c| crate::ice::candidate_to_signal(&c));
+                if let Some(text) = text {
+                    tracing::debug!(peer = %key, %relayed, "TURN relay candidate gathered");
+                    self.send_signal(key, SignalMessage::Candidate(text));
+                }
+            }
+            turn::TurnUpdate::Stun { from, data } => {
+                let relayed = slot.turn.as_ref().and_then(|t| t.relayed);
+                let (Some(ice), Some(relayed)) = (slot.ice.as_mut(), relayed) else {
+                    return;
+                };
+                let Ok(msg) = is::stun::StunMessage::parse(&data) else {
+                    return;
+                };
+                if ice.agent.accepts_message(&msg) {
+                    ice.last_rx = now;
+                    ice.agent.handle_packet(
+                        now,
+                        is::stun::StunPacket {
+                            proto: is::Protocol::Udp,
+                            source: from,
+                            destination: relayed,
+                            message: msg,
+                        },
+                    );
+                }
+            }
+            turn::TurnUpdate::Failed(why) => {
+                tracing::warn!(peer = %key, "TURN: {why}");
+                slot.turn = None;
+            }
+        }
+    }
+
+    /// Uses new TURN servers from NetbirdConfig: UDP `turn:` URIs (TCP and TLS are not
+    /// spoken here), IP literals at once and names once resolved. Same servers with new
+    /// credentials only update the running allocations.
+    fn set_turn_servers(&mut self, cfg: Vec<(String, String, String)>) {
+        let same_uris = cfg.len() == self.turn_cfg.len()
+            && cfg.iter().zip(&self.turn_cfg).all(|(a, b)| a.0 == b.0);
+        self.turn_cfg = cfg.clone();
+        if same_uris {
+            for (server, user, password) in self.turn_servers.iter_mut() {
+                if let Some((_, u, p)) = cfg
+                    .iter()
+                    .find(|(uri, _, _)| turn_uri_addr(uri) == Some(*server))
+                {
+                    *user = u.clone();
+                    *password = p.clone();
+                }
+            }
+            if let Some((_, u, p)) = cfg.first() {
+                for slot in self.peers.values() {
+                    if let Some(t) = &slot.turn {
+                        t.update_credentials(u.clone(), p.clone());
+                    }
+                }
+            }
+            if !self.turn_servers.is_empty() || cfg.is_empty() {
+                return;
+            }
+        }
+        let usable: Vec<(crate::ice::ServerUri, String, String)> = cfg
+            .iter()
+            .filter_map(|(uri, u, p)| {
+                let parsed = crate::ice::parse_server_uri(uri)
+                    .filter(|x| x.scheme == crate::ice::ServerScheme::Turn && !x.tcp);
+                if parsed.is_none() {
+                    tracing::info!("TURN server {uri:?} not used (only UDP turn: is spoken)");
+                }
+                parsed.map(|x| (x, u.clone(), p.clone()))
+            })
+            .collect();
+        self.turn_servers = usable
+            .iter()
+            .filter_map(|(x, u, p)| x.literal_addr().map(|a| (a, u.clone(), p.clone())))
+            .collect();
+        if usable.iter().all(|(x, _, _)| x.literal_addr().is_some()) {
+            return;
+        }
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            for (x, u, p) in &usable {
+                match x.resolve().await {
+                    Ok(addrs) => {
+                        if let Some(a) = addrs.into_iter().find(|a| a.is_ipv4()) {
+                            out.push((a, u.clone(), p.clone()));
+                        }
+                    }
+                    Err(e) => tracing::warn!("resolving TURN server {}: {e}", x.host),
+                }
+            }
+            let _ = events.send(Event::TurnResolved(cfg, out));
+        });
     }
 
     fn on_raw(&mut self, from: SocketAddr, data: Vec<u8>) {
@@ -737,15 +930,26 @@ impl State {
             };
             ice.agent.handle_timeout(now);
             while let Some(t) = ice.agent.poll_transmit() {
-                self.device.send_raw(t.destination, &t.contents);
+                match slot.turn.as_ref() {
+                    Some(turn) if turn.relayed == Some(t.source) => {
+                        turn.send(t.destination, &t.contents)
+                    }
+                    _ => self.device.send_raw(t.destination, &t.contents),
+                }
             }
             let mut lost = false;
             while let Some(ev) = ice.agent.poll_event() {
                 match ev {
-                    is::IceAgentEvent::NominatedSend { destination, .. } => {
+                    is::IceAgentEvent::NominatedSend {
+                        source,
+                        destination,
+                        ..
+                    } => {
                         ice.nominated = Some(destination);
+                        ice.nominated_source = Some(source);
                         if ice.connected {
-                            slot.conn.on_ice_connected(destination, false, now);
+                            let relayed = pair_is_relayed(ice, slot.turn.as_ref());
+                            slot.conn.on_ice_connected(destination, relayed, now);
                         }
                     }
                     is::IceAgentEvent::IceConnectionStateChange(st) if st.is_connected() => {
@@ -754,7 +958,8 @@ impl State {
                         }
                         ice.connected = true;
                         if let Some(d) = ice.nominated {
-                            slot.conn.on_ice_connected(d, false, now);
+                            let relayed = pair_is_relayed(ice, slot.turn.as_ref());
+                            slot.conn.on_ice_connected(d, relayed, now);
                         }
                     }
                     is::IceAgentEvent::IceConnectionStateChange(st) if st.is_disconnected() => {
@@ -770,6 +975,7 @@ impl State {
             if lost {
                 tracing::info!(peer = %k, "ICE disconnected");
                 slot.ice = None;
+                slot.turn = None;
                 slot.conn.on_ice_lost(now);
             }
             self.run_effects(k);
@@ -779,6 +985,9 @@ impl State {
     fn set_services(&mut self, s: ServicesConfig) {
         if s.stuns != self.stun_uris {
             self.set_stun_servers(s.stuns.clone());
+        }
+        if s.turns != self.turn_cfg {
+            self.set_turn_servers(s.turns.clone());
         }
         if let Some((addr, tls)) = s.signal.clone() {
             if self.signal_addr.as_ref() != Some(&(addr.clone(), tls)) {
@@ -857,6 +1066,11 @@ impl State {
                         .relay_cfg
                         .as_ref()
                         .map(|(u, _)| (u.join(","), false, e.clone()));
+                }
+            }
+            Event::TurnResolved(cfg, servers) => {
+                if cfg == self.turn_cfg {
+                    self.turn_servers = servers;
                 }
             }
             Event::StunResolved(uris, addrs) => {
@@ -976,6 +1190,7 @@ async fn run(
 ) {
     let (events, mut event_rx) = mpsc::unbounded_channel();
     let (sig_forward, mut sig_rx) = mpsc::unbounded_channel();
+    let (turn_tx, mut turn_rx) = mpsc::unbounded_channel();
     let mut st = State {
         key,
         wg_port,
@@ -992,6 +1207,9 @@ async fn run(
         peers: HashMap::new(),
         stun_servers: Vec::new(),
         stun_uris: Vec::new(),
+        turn_servers: Vec::new(),
+        turn_cfg: Vec::new(),
+        turn_tx,
         overlay: Vec::new(),
         stun_tid: None,
         stun_next: Instant::now(),
@@ -1022,6 +1240,7 @@ async fn run(
             },
             Some(m) = sig_rx.recv() => st.on_signal(m),
             Some((from, data)) = raw_rx.recv() => st.on_raw(from, data),
+            Some((key, update)) = turn_rx.recv() => st.on_turn(key, update),
             Some(ev) = event_rx.recv() => st.on_event(ev),
             changed = async {
                 match signal_status.as_mut() {

@@ -7,6 +7,7 @@
 //! server for our reflexive address through the WireGuard socket.
 
 pub mod stun;
+pub mod turn;
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -1,9 +1,11 @@
 //! The few STUN messages we build and read ourselves (RFC 5389): Binding requests to a STUN
-//! server for our reflexive address, and the testbed server's Binding responses.
+//! server for our reflexive address, the testbed server's Binding responses, and the XOR
+//! address encoding TURN shares with them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-const MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+/// The STUN magic cookie.
+pub const MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
 const XOR_MAPPED_ADDRESS: u16 = 0x0020;
 
 /// A Binding request with this transaction id and no attributes.
@@ -21,28 +23,59 @@ pub fn parse_binding_request(d: &[u8]) -> Option<[u8; 12]> {
         .flatten()
 }
 
-/// A Binding success response carrying `mapped` as XOR-MAPPED-ADDRESS.
-pub fn binding_response(tid: [u8; 12], mapped: SocketAddr) -> Vec<u8> {
-    let xport = mapped.port() ^ 0x2112;
-    let mut attr = vec![0x00];
-    match mapped.ip() {
+/// An XOR-MAPPED-ADDRESS style value (also XOR-PEER- and XOR-RELAYED-ADDRESS) for `addr`.
+pub fn xor_address(addr: SocketAddr, tid: &[u8; 12]) -> Vec<u8> {
+    let xport = addr.port() ^ 0x2112;
+    let mut v = vec![0x00];
+    match addr.ip() {
         IpAddr::V4(ip) => {
-            attr.push(0x01);
-            attr.extend_from_slice(&xport.to_be_bytes());
+            v.push(0x01);
+            v.extend_from_slice(&xport.to_be_bytes());
             for (b, m) in ip.octets().iter().zip(MAGIC) {
-                attr.push(b ^ m);
+                v.push(b ^ m);
             }
         }
         IpAddr::V6(ip) => {
-            attr.push(0x02);
-            attr.extend_from_slice(&xport.to_be_bytes());
-            let mut key = MAGIC.to_vec();
-            key.extend_from_slice(&tid);
+            v.push(0x02);
+            v.extend_from_slice(&xport.to_be_bytes());
+            let key = MAGIC.iter().chain(tid.iter());
             for (b, k) in ip.octets().iter().zip(key) {
-                attr.push(b ^ k);
+                v.push(b ^ k);
             }
         }
     }
+    v
+}
+
+/// Decodes an XOR-*-ADDRESS value; `None` if it is malformed.
+pub fn parse_xor_address(v: &[u8], tid: &[u8; 12]) -> Option<SocketAddr> {
+    let port = u16::from_be_bytes([*v.get(2)?, *v.get(3)?]) ^ 0x2112;
+    let ip = match *v.get(1)? {
+        0x01 => {
+            let b = v.get(4..8)?;
+            IpAddr::V4(Ipv4Addr::new(
+                b[0] ^ MAGIC[0],
+                b[1] ^ MAGIC[1],
+                b[2] ^ MAGIC[2],
+                b[3] ^ MAGIC[3],
+            ))
+        }
+        0x02 => {
+            let b = v.get(4..20)?;
+            let mut o = [0u8; 16];
+            for ((out, x), k) in o.iter_mut().zip(b).zip(MAGIC.iter().chain(tid.iter())) {
+                *out = x ^ k;
+            }
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// A Binding success response carrying `mapped` as XOR-MAPPED-ADDRESS.
+pub fn binding_response(tid: [u8; 12], mapped: SocketAddr) -> Vec<u8> {
+    let attr = xor_address(mapped, &tid);
     let mut m = vec![0x01, 0x01];
     m.extend_from_slice(&((attr.len() + 4) as u16).to_be_bytes());
     m.extend_from_slice(&MAGIC);
@@ -66,27 +99,8 @@ pub fn parse_binding_response(d: &[u8]) -> Option<([u8; 12], SocketAddr)> {
         let t = u16::from_be_bytes([body[i], body[i + 1]]);
         let l = usize::from(u16::from_be_bytes([body[i + 2], body[i + 3]]));
         let v = body.get(i + 4..i + 4 + l)?;
-        if t == XOR_MAPPED_ADDRESS && l >= 8 {
-            let port = u16::from_be_bytes([v[2], v[3]]) ^ 0x2112;
-            let ip = match v[1] {
-                0x01 => IpAddr::V4(Ipv4Addr::new(
-                    v[4] ^ MAGIC[0],
-                    v[5] ^ MAGIC[1],
-                    v[6] ^ MAGIC[2],
-                    v[7] ^ MAGIC[3],
-                )),
-                0x02 if l >= 20 => {
-                    let mut key = MAGIC.to_vec();
-                    key.extend_from_slice(&tid);
-                    let mut o = [0u8; 16];
-                    for (j, b) in o.iter_mut().enumerate() {
-                        *b = v[4 + j] ^ key[j];
-                    }
-                    IpAddr::V6(Ipv6Addr::from(o))
-                }
-                _ => return None,
-            };
-            return Some((tid, SocketAddr::new(ip, port)));
+        if t == XOR_MAPPED_ADDRESS {
+            return parse_xor_address(v, &tid).map(|a| (tid, a));
         }
         i += 4 + l.div_ceil(4) * 4;
     }

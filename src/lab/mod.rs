@@ -54,7 +54,7 @@ fn check_interrupted() -> Result<(), LabError> {
 }
 
 /// Lab options.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LabOptions {
     /// The agent binary (this executable).
     pub binary: PathBuf,
@@ -64,6 +64,10 @@ pub struct LabOptions {
     pub timeout: Duration,
     /// Block UDP between the NAT routers (forces the relay).
     pub block_udp: bool,
+    /// Run coturn in the WAN namespace and advertise it as the TURN server.
+    pub turn: bool,
+    /// Do not advertise the NetBird relay (with `block_udp`, only TURN connects the peers).
+    pub no_relay: bool,
 }
 
 /// A child process stopped with SIGTERM (then SIGKILL) on drop.
@@ -205,6 +209,13 @@ impl Lab {
                 &format!("{server}:33080"),
             ])
             .args(["--stun-addr", &format!("{server}:3478")])
+            .args(
+                opts.turn
+                    .then(|| ["--turn-addr".to_string(), format!("{server}:3480")])
+                    .into_iter()
+                    .flatten(),
+            )
+            .args(opts.no_relay.then_some("--no-relay"))
             .arg("--create-setup-key")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

@@ -64,6 +64,9 @@ pub enum Effect {
         remote: IceParams,
         /// Our role.
         controlling: bool,
+        /// Whether TURN candidates should be gathered: not when both sides have a NetBird
+        /// relay to meet on (upstream skips TURN then, 3.3 of the data-plane facts).
+        gather_turn: bool,
     },
     /// Destroy the ICE agent.
     StopIce,
@@ -301,9 +304,11 @@ impl PeerConn {
         }
         self.remote_session = remote.ice.session_id;
         self.ice_running = true;
+        let gather_turn = !(self.home_relay.is_some() && remote.relay_address.is_some());
         self.effects.push(Effect::StartIce {
             remote: remote.ice,
             controlling: self.controller,
+            gather_turn,
         });
     }
 

@@ -229,3 +229,21 @@ fn guard_backs_off_and_restarts_fast_after_events() {
         "{wait:?}"
     );
 }
+
+#[test]
+fn turn_is_gathered_only_without_a_relay_meeting_point() {
+    let now = Instant::now();
+    let (hi, lo) = keys();
+    let gather = |home: Option<&str>, remote_relay: Option<&str>| {
+        let mut c = conn(hi, lo, home, now);
+        c.on_answer(offer(7, remote_relay), now);
+        c.poll_effects().into_iter().find_map(|e| match e {
+            Effect::StartIce { gather_turn, .. } => Some(gather_turn),
+            _ => None,
+        })
+    };
+    assert_eq!(gather(Some("rel://a"), Some("rel://b")), Some(false));
+    assert_eq!(gather(None, Some("rel://b")), Some(true));
+    assert_eq!(gather(Some("rel://a"), None), Some(true));
+    assert_eq!(gather(None, None), Some(true));
+}

@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod admin;
+pub mod coturn;
 pub mod mgmt;
 pub mod oidc;
 pub mod relay_server;
@@ -32,6 +33,9 @@ pub enum TestbedError {
         /// OS error.
         source: std::io::Error,
     },
+    /// A helper service (coturn) could not be started.
+    #[error("{0}")]
+    Service(String),
 }
 
 /// Testbed settings.
@@ -65,6 +69,11 @@ pub struct ServiceAddrs {
     pub relay_secret: String,
     /// STUN server address.
     pub stun: SocketAddr,
+    /// Run coturn here and advertise it as the TURN server (with REST-API credentials made
+    /// from `relay_secret`).
+    pub turn: Option<SocketAddr>,
+    /// Advertise the NetBird relay (off: peers that cannot meet directly need TURN).
+    pub advertise_relay: bool,
 }
 
 impl Default for TestbedConfig {
@@ -100,6 +109,8 @@ pub struct Testbed {
     pub relay: Option<relay_server::RelayServerHandle>,
     /// The STUN server, when started.
     pub stun: Option<stun_server::StunServerHandle>,
+    /// coturn, when `ServiceAddrs::turn` asked for it.
+    pub turn: Option<coturn::Coturn>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, TestbedError> {
@@ -136,6 +147,7 @@ impl Testbed {
         let mut signal = None;
         let mut relay = None;
         let mut stun = None;
+        let mut turn = None;
         if let Some(svc) = &cfg.services {
             let bind_err = |addr: SocketAddr| move |source| TestbedError::Bind { addr, source };
             let s = signal_server::start(svc.signal)
@@ -153,11 +165,25 @@ impl Testbed {
                 &svc.relay_secret,
                 std::time::Duration::from_secs(30 * 86400),
             );
-            netbird_config.relay = Some(pb::RelayConfig {
+            netbird_config.relay = svc.advertise_relay.then(|| pb::RelayConfig {
                 urls: vec![r.instance_url().to_string()],
                 token_payload: payload,
                 token_signature: signature,
             });
+            if let Some(addr) = svc.turn {
+                let c = coturn::Coturn::start(addr, &svc.relay_secret)
+                    .map_err(|e| TestbedError::Service(e.to_string()))?;
+                let (user, password) = c.credentials(std::time::Duration::from_secs(30 * 86400));
+                netbird_config.turns = vec![pb::ProtectedHostConfig {
+                    host_config: Some(pb::HostConfig {
+                        uri: c.uri(),
+                        protocol: pb::host_config::Protocol::Udp as i32,
+                    }),
+                    user,
+                    password,
+                }];
+                turn = Some(c);
+            }
             let st = stun_server::start(svc.stun)
                 .await
                 .map_err(bind_err(svc.stun))?;
@@ -186,6 +212,7 @@ impl Testbed {
             signal,
             relay,
             stun,
+            turn,
         };
         if let Some(addr) = cfg.admin_addr {
             let listener = bind(addr).await?;

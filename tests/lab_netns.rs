@@ -239,7 +239,15 @@ fn without_a_relay_blocked_peers_meet_over_turn() {
     })
     .expect("lab starts");
     lab.run().expect("peers connect through TURN");
-    let st = lab.status(1).unwrap_or_default();
+    // The status snapshot is refreshed once a second: wait for it to catch up.
+    let mut st = String::new();
+    for _ in 0..50 {
+        st = lab.status(1).unwrap_or_default();
+        if st.contains("Connection type: Relayed") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(st.contains("Connection type: Relayed"), "{st}");
     assert!(st.contains("relay"), "a relay candidate is in use: {st}");
     assert!(

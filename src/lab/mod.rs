@@ -161,7 +161,10 @@ impl Drop for Lab {
         if std::env::var_os("NB_LAB_KEEP_LOGS").is_some() {
             for i in 1..=self.opts.peers {
                 let log = self.dir.path().join(format!("peer{i}.log"));
-                let _ = std::fs::copy(&log, format!("/tmp/nb-lab-peer{i}.log"));
+                let _ = std::fs::copy(
+                    &log,
+                    format!("/tmp/nb-lab-{}-peer{i}.log", self.topo.prefix),
+                );
             }
         }
         self.daemons.clear();

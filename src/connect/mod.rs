@@ -82,6 +82,12 @@ pub trait TunnelDevice: Send + Sync + 'static {
     /// controller's handshake is the one that completes (upstream leaves the non-controller's
     /// endpoint unset for 5 s to the same end). Devices without the notion ignore it.
     fn hold_initiations(&self, _key: &PublicKey, _duration: Duration) {}
+    /// Uses `path` for the peer only if it has neither a path nor an endpoint yet (WireGuard
+    /// roaming for datagrams that arrive through a TURN allocation: the answer to a handshake
+    /// must go back the way it came). Returns whether it was adopted.
+    fn adopt_path(&self, _key: &PublicKey, _path: WgPath) -> bool {
+        false
+    }
     fn send_raw(&self, dst: SocketAddr, data: &[u8]);
     /// Where datagrams arriving on the WireGuard socket that are not WireGuard go.
     fn set_raw_sink(&self, sink: RawSink);

@@ -55,8 +55,12 @@ impl TurnHandle {
     ) -> TurnHandle {
         let (cmds, rx) = mpsc::channel(QUEUE);
         let span = tracing::debug_span!("turn", %peer, %server);
-        let task =
-            tokio::spawn(run(peer, server, user, password, device, updates, rx).instrument(span));
+        let links = Links {
+            device,
+            updates,
+            reply: cmds.downgrade(),
+        };
+        let task = tokio::spawn(run(peer, server, user, password, links, rx).instrument(span));
         TurnHandle {
             cmds,
             task,
@@ -95,15 +99,29 @@ impl Drop for TurnHandle {
     }
 }
 
+/// Where the allocation task delivers what it receives.
+struct Links {
+    /// WireGuard datagrams go straight in here.
+    device: Arc<dyn TunnelDevice>,
+    /// STUN and allocation events go to the connectivity task.
+    updates: mpsc::UnboundedSender<(PublicKey, TurnUpdate)>,
+    /// Our own command queue, for answers sent back through the allocation.
+    reply: mpsc::WeakSender<TurnCmd>,
+}
+
 async fn run(
     peer: PublicKey,
     server: SocketAddr,
     user: String,
     password: String,
-    device: Arc<dyn TunnelDevice>,
-    updates: mpsc::UnboundedSender<(PublicKey, TurnUpdate)>,
+    links: Links,
     mut cmds: mpsc::Receiver<TurnCmd>,
 ) {
+    let Links {
+        device,
+        updates,
+        reply,
+    } = links;
     let fail = |why: String| {
         let _ = updates.send((peer, TurnUpdate::Failed(why)));
     };
@@ -123,6 +141,7 @@ async fn run(
     let local = sock.local_addr().unwrap_or(bind);
     let mut client = TurnClient::new(server, user, password, Instant::now());
     let mut buf = vec![0u8; 65536];
+    let mut adopted: Option<SocketAddr> = None;
     loop {
         while let Some(d) = client.poll_transmit() {
             let _ = sock.send(&d).await;
@@ -150,6 +169,20 @@ async fn run(
                         if crate::ice::is_stun(&data) {
                             let _ = updates.send((peer, TurnUpdate::Stun { from, data }));
                         } else {
+                            if adopted != Some(from) {
+                                // Before ICE picks a path here, answers (a handshake
+                                // response) go back through the allocation they came by.
+                                let reply = reply.clone();
+                                let sink: super::DatagramSink = Arc::new(move |d: &[u8]| {
+                                    if let Some(tx) = reply.upgrade() {
+                                        let _ = tx.try_send(TurnCmd::Send(from, d.to_vec()));
+                                    }
+                                });
+                                if device.adopt_path(&peer, super::WgPath::Custom(sink)) {
+                                    tracing::debug!(%from, "answering through TURN until ICE decides");
+                                }
+                                adopted = Some(from);
+                            }
                             device.inject(&peer, &data);
                         }
                     }

@@ -84,6 +84,13 @@ impl TunnelDevice for UserspaceDevice {
         UserspaceDevice::hold_initiations(self, key, duration);
     }
 
+    fn adopt_path(&self, key: &PublicKey, path: WgPath) -> bool {
+        let WgPath::Custom(sink) = path else {
+            return false;
+        };
+        self.set_peer_path_if_unset(key, Arc::new(SinkPath(sink)))
+    }
+
     fn inject(&self, _key: &PublicKey, datagram: &[u8]) {
         self.inject_datagram(datagram);
     }

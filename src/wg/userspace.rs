@@ -249,6 +249,20 @@ impl UserspaceDevice {
         Ok(())
     }
 
+    /// Installs `path` for `peer` only if it has neither a custom path nor an endpoint.
+    /// Returns whether it was installed.
+    pub fn set_peer_path_if_unset(&self, peer: &PublicKey, path: Arc<dyn PeerPath>) -> bool {
+        let Some(p) = self.inner.peers.read().by_key.get(peer).cloned() else {
+            return false;
+        };
+        let mut route = p.route.write();
+        if route.path.is_some() || route.endpoint.is_some() {
+            return false;
+        }
+        route.path = Some(path);
+        true
+    }
+
     /// Feeds a datagram that arrived on a custom path (e.g. from a relay) into the device, as if
     /// received on the socket (but without endpoint roaming). Never panics on garbage.
     pub fn inject_datagram(&self, datagram: &[u8]) {

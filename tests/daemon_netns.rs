@@ -67,6 +67,20 @@ fn down_and_sigterm_remove_the_interface() {
             }
         }
     };
+    // Someone else holds the WireGuard port in this namespace: the agent takes a random one.
+    let busy = {
+        let path = format!("/run/netns/{}", ns.0);
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::File::open(&path).expect("netns file");
+            // SAFETY: setns on a valid namespace descriptor affects only this thread.
+            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns");
+            std::net::UdpSocket::bind("0.0.0.0:51820").expect("bind 51820")
+        })
+        .join()
+        .expect("thread")
+    };
     let sock = dir.path().join("d.sock");
     let addr = format!("unix://{}", sock.display());
     let mut daemon = Command::new("ip")
@@ -109,6 +123,23 @@ fn down_and_sigterm_remove_the_interface() {
         wait(|| link_exists(&ns.0, "wtx0")),
         "interface created on up"
     );
+    let mut port_line = String::new();
+    assert!(
+        wait(|| {
+            let st = Command::new(BIN)
+                .args(["status", "--daemon-addr", &addr])
+                .output()
+                .unwrap();
+            port_line = String::from_utf8_lossy(&st.stdout)
+                .lines()
+                .find(|l| l.starts_with("Wireguard port:"))
+                .unwrap_or_default()
+                .to_string();
+            !port_line.is_empty() && !port_line.ends_with(" 51820")
+        }),
+        "status shows the port really used: {port_line:?}"
+    );
+    drop(busy);
     let down = Command::new(BIN)
         .args(["down", "--daemon-addr", &addr])
         .output()

@@ -35,6 +35,11 @@ pub trait DataPlane: Send {
     fn kernel_interface(&self) -> bool {
         false
     }
+    /// The UDP port WireGuard really listens on (a random one when the configured port was
+    /// busy); `None` when there is no interface.
+    fn listen_port(&self) -> Option<u16> {
+        None
+    }
     /// Removes everything this data plane created.
     fn teardown(&mut self);
 }
@@ -188,6 +193,9 @@ fn refresh_status(snap: &mut StatusSnapshot, engine: &Engine, dp: Option<&dyn Da
             snap.signal = signal;
             snap.relays = relays;
             snap.kernel_interface = dp.kernel_interface();
+            if let Some(port) = dp.listen_port() {
+                snap.wg_port = port;
+            }
         }
         snap.peers = peers;
     }

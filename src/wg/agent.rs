@@ -301,6 +301,10 @@ impl DataPlane for UserspaceDataPlane {
         )
     }
 
+    fn listen_port(&self) -> Option<u16> {
+        Some(self.device.listen_port()).filter(|p| *p != 0)
+    }
+
     fn teardown(&mut self) {
         self.uapi.take();
         self.conn.take();

@@ -88,6 +88,8 @@ pub trait TunnelDevice: Send + Sync + 'static {
     fn adopt_path(&self, _key: &PublicKey, _path: WgPath) -> bool {
         false
     }
+    /// Where to report local traffic for peers that have no path (wakes idle connections).
+    fn set_activity_sink(&self, _sink: mpsc::UnboundedSender<PublicKey>) {}
     fn send_raw(&self, dst: SocketAddr, data: &[u8]);
     /// Where datagrams arriving on the WireGuard socket that are not WireGuard go.
     fn set_raw_sink(&self, sink: RawSink);
@@ -111,6 +113,8 @@ pub struct PeerConnInfo {
     pub ice_pair: Option<(String, String, String, String)>,
     /// Round-trip time of the ICE pair.
     pub latency: Option<Duration>,
+    /// The remote put the connection to sleep (GO_IDLE).
+    pub idle: bool,
 }
 
 /// Connection lines for status.
@@ -414,6 +418,7 @@ impl State {
                         None
                     },
                     latency: slot.ice.as_ref().and_then(|i| i.agent.nominated_pair_rtt()),
+                    idle: info.idle,
                 },
             );
         }
@@ -594,7 +599,11 @@ impl State {
                 },
                 None => tracing::debug!(peer = %msg.from, "unparsable candidate dropped"),
             },
-            SignalMessage::Mode { .. } | SignalMessage::GoIdle | SignalMessage::Heartbeat => {}
+            SignalMessage::GoIdle => {
+                tracing::info!(peer = %msg.from, "the peer went idle");
+                slot.conn.on_remote_idle(now);
+            }
+            SignalMessage::Mode { .. } | SignalMessage::Heartbeat => {}
         }
         self.run_effects(msg.from);
     }
@@ -707,6 +716,17 @@ impl State {
         for t in texts {
             self.send_signal(key, SignalMessage::Candidate(t));
         }
+    }
+
+    /// Local traffic for a peer without a path: wake its connection if it sleeps.
+    fn on_activity(&mut self, key: PublicKey) {
+        if let Some(slot) = self.peers.get_mut(&key) {
+            if slot.conn.info().idle {
+                tracing::info!(peer = %key, "traffic for an idle peer: reconnecting");
+            }
+            slot.conn.on_local_activity(Instant::now());
+        }
+        self.run_effects(key);
     }
 
     /// A report from a peer's TURN allocation.
@@ -1225,6 +1245,8 @@ async fn run(
     };
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel();
     st.device.set_raw_sink(raw_tx);
+    let (activity_tx, mut activity_rx) = mpsc::unbounded_channel();
+    st.device.set_activity_sink(activity_tx);
     let mut signal_status: Option<watch::Receiver<SignalStatus>> = None;
     loop {
         if signal_status.is_none() {
@@ -1247,6 +1269,7 @@ async fn run(
             Some(m) = sig_rx.recv() => st.on_signal(m),
             Some((from, data)) = raw_rx.recv() => st.on_raw(from, data),
             Some((key, update)) = turn_rx.recv() => st.on_turn(key, update),
+            Some(key) = activity_rx.recv() => st.on_activity(key),
             Some(ev) = event_rx.recv() => st.on_event(ev),
             changed = async {
                 match signal_status.as_mut() {

@@ -98,6 +98,8 @@ pub struct ConnInfo {
     pub relay_connected: bool,
     /// When the path last changed.
     pub since: Instant,
+    /// The remote sent GO_IDLE and nothing woke the connection since.
+    pub idle: bool,
 }
 
 /// Static settings of one connection.
@@ -143,6 +145,8 @@ pub struct PeerConn {
     active: Option<ActivePath>,
     since: Instant,
     guard: Guard,
+    /// The remote went idle (lazy connection): no offers until it or local traffic wakes us.
+    idle: bool,
     effects: Vec<Effect>,
 }
 
@@ -171,6 +175,7 @@ impl PeerConn {
             active: None,
             since: now,
             guard: Guard::new(now),
+            idle: false,
             effects: Vec::new(),
         }
     }
@@ -214,6 +219,7 @@ impl PeerConn {
             ice_connected: self.ice_connected.is_some(),
             relay_connected: self.relay_connected,
             since: self.since,
+            idle: self.idle,
         }
     }
 
@@ -239,7 +245,7 @@ impl PeerConn {
             return;
         }
         let relay_only = self.path == PathKind::Relay && self.ice_connected.is_none();
-        let offer = if self.fully_connected() {
+        let offer = if self.idle || self.fully_connected() {
             false
         } else if relay_only {
             self.guard.take_relay_only_offer()
@@ -254,12 +260,14 @@ impl PeerConn {
 
     /// An OFFER arrived: always answer, then act on its contents.
     pub fn on_offer(&mut self, remote: OfferAnswer, now: Instant) {
+        self.idle = false;
         self.effects.push(Effect::SendAnswer(self.local_params()));
         self.on_remote_params(remote, now);
     }
 
     /// An ANSWER arrived.
     pub fn on_answer(&mut self, remote: OfferAnswer, now: Instant) {
+        self.idle = false;
         self.on_remote_params(remote, now);
     }
 
@@ -360,6 +368,37 @@ impl PeerConn {
     pub fn on_home_relay(&mut self, url: Option<String>, now: Instant) {
         if self.home_relay != url {
             self.home_relay = url;
+            self.guard.restart_fast(now);
+        }
+    }
+
+    /// The remote sent GO_IDLE: it closed its side of an inactive lazy connection. Close ours
+    /// too and stop offering until the remote offers again or local traffic needs the peer
+    /// (upstream: a non-lazy agent should not keep waking a lazy one).
+    pub fn on_remote_idle(&mut self, now: Instant) {
+        if self.idle {
+            return;
+        }
+        self.idle = true;
+        if self.ice_running {
+            self.ice_running = false;
+            self.effects.push(Effect::StopIce);
+        }
+        self.ice_connected = None;
+        self.remote_session = None;
+        self.session_id = next_session_id(self.session_id);
+        if self.relay_open.take().is_some() {
+            self.effects.push(Effect::CloseRelay);
+        }
+        self.relay_connected = false;
+        self.reselect(now);
+    }
+
+    /// Local traffic for this peer while it has no path: an idle connection wakes up and
+    /// offers at once.
+    pub fn on_local_activity(&mut self, now: Instant) {
+        if self.idle {
+            self.idle = false;
             self.guard.restart_fast(now);
         }
     }

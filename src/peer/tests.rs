@@ -247,3 +247,49 @@ fn turn_is_gathered_only_without_a_relay_meeting_point() {
     assert_eq!(gather(Some("rel://a"), None), Some(true));
     assert_eq!(gather(None, None), Some(true));
 }
+
+#[test]
+fn go_idle_closes_the_connection_and_stops_offers_until_woken() {
+    let now = Instant::now();
+    let (hi, lo) = keys();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let mut c = conn(hi, lo, Some("rel://home"), now);
+    c.on_answer(offer(7, Some("rel://remote")), now);
+    c.on_relay_connected(now);
+    c.on_ice_connected("198.18.2.2:51820".parse().unwrap(), false, now);
+    c.poll_effects();
+    assert_eq!(c.info().path, PathKind::IceDirect);
+
+    c.on_remote_idle(now);
+    let e = c.poll_effects();
+    assert!(e.contains(&Effect::StopIce), "{e:?}");
+    assert!(e.contains(&Effect::CloseRelay), "{e:?}");
+    assert!(e.contains(&Effect::SetPath(None)), "{e:?}");
+    assert!(c.info().idle);
+    assert_eq!(c.info().path, PathKind::None);
+    // No offers while idle, however long it stays so.
+    let mut t = now;
+    for _ in 0..10 {
+        t = c.poll_timeout().max(t) + Duration::from_secs(1);
+        c.handle_timeout(t, &mut rng);
+    }
+    assert!(c.poll_effects().is_empty());
+
+    // Local traffic wakes it: an offer goes out at once.
+    c.on_local_activity(t);
+    assert!(!c.info().idle);
+    c.handle_timeout(t, &mut rng);
+    assert!(matches!(&c.poll_effects()[..], [Effect::SendOffer(_)]));
+
+    // Idle again; this time the remote's offer wakes it (answered, ICE restarted).
+    c.on_remote_idle(t);
+    c.poll_effects();
+    c.on_offer(offer(8, Some("rel://remote")), t);
+    assert!(!c.info().idle);
+    let e = c.poll_effects();
+    assert!(matches!(e[0], Effect::SendAnswer(_)), "{e:?}");
+    assert!(
+        e.iter().any(|x| matches!(x, Effect::StartIce { .. })),
+        "{e:?}"
+    );
+}

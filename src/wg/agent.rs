@@ -58,7 +58,10 @@ impl TunnelDevice for UserspaceDevice {
 
     fn set_path(&self, key: &PublicKey, path: Option<WgPath>) {
         let result = match &path {
-            None => self.set_peer_path(key, None),
+            None => {
+                self.clear_peer_route(key);
+                Ok(())
+            }
             Some(WgPath::Custom(sink)) => {
                 self.set_peer_path(key, Some(Arc::new(SinkPath(sink.clone()))))
             }
@@ -109,6 +112,12 @@ impl TunnelDevice for UserspaceDevice {
         if let Err(e) = self.send_foreign(data, dst) {
             tracing::trace!(%dst, "sending from the WireGuard socket: {e}");
         }
+    }
+
+    fn set_activity_sink(&self, sink: tokio::sync::mpsc::UnboundedSender<PublicKey>) {
+        self.set_activity_handler(Some(Arc::new(move |k: &PublicKey| {
+            let _ = sink.send(*k);
+        })));
     }
 
     fn set_raw_sink(&self, sink: RawSink) {
@@ -259,7 +268,9 @@ impl DataPlane for UserspaceDataPlane {
         let stats = self.device.state().map(|s| s.peers).unwrap_or_default();
         for p in peers.iter_mut() {
             if let Some(info) = conn.peer_info(&p.key) {
-                p.conn_status = if info.path == PathKind::None {
+                p.conn_status = if info.idle {
+                    ConnStatus::Idle
+                } else if info.path == PathKind::None {
                     ConnStatus::Connecting
                 } else {
                     ConnStatus::Connected

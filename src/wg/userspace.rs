@@ -64,6 +64,11 @@ pub trait PeerPath: Send + Sync {
     fn send(&self, datagram: &[u8]) -> io::Result<()>;
 }
 
+/// Told when local traffic is routed to a peer that has neither a path nor an endpoint (a
+/// sleeping connection should wake up). Called on the TUN thread at most once a second per
+/// peer: hand the key off and return.
+pub type ActivityHandler = Arc<dyn Fn(&PublicKey) + Send + Sync>;
+
 /// Receives non-WireGuard datagrams (STUN, junk) from the shared socket: `(datagram, source)`.
 /// Called on the UDP thread: hand the data off (e.g. `try_send` into a channel) and return.
 pub type ForeignHandler = Arc<dyn Fn(&[u8], SocketAddr) + Send + Sync>;
@@ -134,6 +139,8 @@ struct Peer {
     route: RwLock<Route>,
     keepalive: AtomicU16,
     last_sent_ms: AtomicU64,
+    /// When (device clock, ms) the activity handler was last told about this peer.
+    activity_ms: AtomicU64,
     /// Until when (device clock, ms) this peer's own handshake initiations are held back.
     hold_initiations_until_ms: AtomicU64,
     /// An initiation of ours was dropped (no path yet, or held): the next path kick must
@@ -168,6 +175,7 @@ struct Inner {
     fwmark: AtomicU32,
     socket_buffer: usize,
     foreign: RwLock<Option<ForeignHandler>>,
+    activity: RwLock<Option<ActivityHandler>>,
     counters: Counters,
     stop: AtomicBool,
     /// Set when the interface disappeared underneath us (`ip link del`).
@@ -206,6 +214,7 @@ impl UserspaceDevice {
             fwmark: AtomicU32::new(0),
             socket_buffer: opts.socket_buffer,
             foreign: RwLock::new(None),
+            activity: RwLock::new(None),
             counters: Counters::default(),
             stop: AtomicBool::new(false),
             gone: AtomicBool::new(false),
@@ -327,6 +336,22 @@ impl UserspaceDevice {
         if let Some(p) = self.inner.peers.read().by_key.get(peer) {
             let until = self.inner.now_ms() + duration.as_millis() as u64;
             p.hold_initiations_until_ms.store(until, Ordering::Relaxed);
+        }
+    }
+
+    /// Installs the handler told about local traffic for peers without a path (see
+    /// [`ActivityHandler`]). `None` removes it.
+    pub fn set_activity_handler(&self, handler: Option<ActivityHandler>) {
+        *self.inner.activity.write() = handler;
+    }
+
+    /// Removes `peer`'s custom path and endpoint: its datagrams go nowhere until a new path
+    /// is set (or it roams in).
+    pub fn clear_peer_route(&self, peer: &PublicKey) {
+        if let Some(p) = self.inner.peers.read().by_key.get(peer) {
+            let mut r = p.route.write();
+            r.path = None;
+            r.endpoint = None;
         }
     }
 
@@ -521,6 +546,7 @@ impl Inner {
             inc(&self.counters.tx_no_route);
             return;
         };
+        self.note_activity(&peer);
         sent.clear();
         {
             let mut g = peer.tunn.lock();
@@ -617,6 +643,27 @@ impl Inner {
         if ok_bytes > 0 {
             peer.tx_bytes.fetch_add(ok_bytes, Ordering::Relaxed);
             peer.last_sent_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Local traffic for a peer without path or endpoint: tell the activity handler (at most
+    /// once a second per peer).
+    fn note_activity(&self, peer: &Peer) {
+        {
+            let r = peer.route.read();
+            if r.path.is_some() || r.endpoint.is_some() {
+                return;
+            }
+        }
+        let now = self.now_ms();
+        let last = peer.activity_ms.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < 1000 {
+            return;
+        }
+        peer.activity_ms.store(now.max(1), Ordering::Relaxed);
+        let handler = self.activity.read().clone();
+        if let Some(h) = handler {
+            h(&peer.key);
         }
     }
 
@@ -1060,6 +1107,7 @@ impl Inner {
                     keepalive: AtomicU16::new(0),
                     last_sent_ms: AtomicU64::new(0),
                     hold_initiations_until_ms: AtomicU64::new(0),
+                    activity_ms: AtomicU64::new(0),
                     initiation_unsent: AtomicBool::new(false),
                     rx_bytes: AtomicU64::new(0),
                     tx_bytes: AtomicU64::new(0),

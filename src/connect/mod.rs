@@ -88,6 +88,8 @@ pub trait TunnelDevice: Send + Sync + 'static {
     fn adopt_path(&self, _key: &PublicKey, _path: WgPath) -> bool {
         false
     }
+    /// Drops the peer's WireGuard sessions so the next path starts with a fresh handshake.
+    fn reset_session(&self, _key: &PublicKey) {}
     /// Where to report local traffic for peers that have no path (wakes idle connections).
     fn set_activity_sink(&self, _sink: mpsc::UnboundedSender<PublicKey>) {}
     fn send_raw(&self, dst: SocketAddr, data: &[u8]);
@@ -602,6 +604,9 @@ impl State {
             SignalMessage::GoIdle => {
                 tracing::info!(peer = %msg.from, "the peer went idle");
                 slot.conn.on_remote_idle(now);
+                // It removed its WireGuard peer: our old session would only send into the
+                // void when the connection wakes, so start over with a handshake.
+                self.device.reset_session(&msg.from);
             }
             SignalMessage::Mode { .. } | SignalMessage::Heartbeat => {}
         }

@@ -114,6 +114,10 @@ impl TunnelDevice for UserspaceDevice {
         }
     }
 
+    fn reset_session(&self, key: &PublicKey) {
+        UserspaceDevice::reset_session(self, key);
+    }
+
     fn set_activity_sink(&self, sink: tokio::sync::mpsc::UnboundedSender<PublicKey>) {
         self.set_activity_handler(Some(Arc::new(move |k: &PublicKey| {
             let _ = sink.send(*k);

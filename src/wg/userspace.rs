@@ -345,6 +345,19 @@ impl UserspaceDevice {
         *self.inner.activity.write() = handler;
     }
 
+    /// Drops `peer`'s WireGuard sessions (a fresh handshake is needed): for a remote that
+    /// discarded its side, e.g. a lazy peer that went idle.
+    pub fn reset_session(&self, peer: &PublicKey) {
+        let Some(p) = self.inner.peers.read().by_key.get(peer).cloned() else {
+            return;
+        };
+        let keys = self.inner.keys.read().clone();
+        if let Some(keys) = keys {
+            let psk = *p.psk.lock();
+            *p.tunn.lock() = Some(Inner::new_tunn(&keys, &p.key, psk, p.index));
+        }
+    }
+
     /// Removes `peer`'s custom path and endpoint: its datagrams go nowhere until a new path
     /// is set (or it roams in).
     pub fn clear_peer_route(&self, peer: &PublicKey) {

@@ -352,3 +352,70 @@ fn held_side_answers_but_does_not_initiate() {
     a.close().expect("close");
     b.close().expect("close");
 }
+
+#[test]
+fn traffic_without_a_path_is_reported_and_a_reset_session_handshakes_again() {
+    if let Some(r) = skip_reason() {
+        println!("skipped: {r}");
+        return;
+    }
+    let (n1, n2) = (Netns::new(), Netns::new());
+    let a = make_dev(&n1, "nbia0", "100.64.36.1/24");
+    let b = make_dev(&n2, "nbib0", "100.64.36.2/24");
+    let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
+    a.configure(Some(&ka), None, None).expect("configure a");
+    b.configure(Some(&kb), None, None).expect("configure b");
+    a.upsert_peer(&peer(kb.public_key(), "100.64.36.2/32"))
+        .expect("peer");
+    b.upsert_peer(&peer(ka.public_key(), "100.64.36.1/32"))
+        .expect("peer");
+    let pa = Arc::new(DirectPath {
+        to: Mutex::new(Arc::downgrade(&b)),
+        sent: AtomicU32::new(0),
+    });
+    let pb = Arc::new(DirectPath {
+        to: Mutex::new(Arc::downgrade(&a)),
+        sent: AtomicU32::new(0),
+    });
+    a.set_peer_path(&kb.public_key(), Some(pa.clone()))
+        .expect("path a");
+    b.set_peer_path(&ka.public_key(), Some(pb.clone()))
+        .expect("path b");
+    let woken = Arc::new(AtomicU32::new(0));
+    let w = woken.clone();
+    let kb_pub = kb.public_key();
+    a.set_activity_handler(Some(Arc::new(move |k: &PublicKey| {
+        if *k == kb_pub {
+            w.fetch_add(1, Ordering::Relaxed);
+        }
+    })));
+    assert!(n1.run(&["ping", "-c", "2", "-i", "0.2", "-W", "2", "100.64.36.2"]));
+    assert_eq!(
+        woken.load(Ordering::Relaxed),
+        0,
+        "a peer with a path is not reported"
+    );
+    let first = a.state().expect("state").peers[0].last_handshake;
+    assert!(first.is_some());
+
+    // Path and endpoint gone: traffic goes nowhere and is reported.
+    a.clear_peer_route(&kb.public_key());
+    assert!(!n1.run(&["ping", "-c", "1", "-W", "1", "100.64.36.2"]));
+    assert!(
+        woken.load(Ordering::Relaxed) >= 1,
+        "traffic for a pathless peer reported"
+    );
+
+    // B forgets A (as an idle lazy peer does); A resets its session and gets a path again:
+    // the next packet starts a fresh handshake and gets through.
+    b.reset_session(&ka.public_key());
+    a.reset_session(&kb.public_key());
+    std::thread::sleep(Duration::from_millis(1100));
+    a.set_peer_path(&kb.public_key(), Some(pa.clone()))
+        .expect("path again");
+    assert!(n1.run(&["ping", "-c", "1", "-W", "2", "100.64.36.2"]));
+    let second = a.state().expect("state").peers[0].last_handshake;
+    assert!(second > first, "a new handshake: {first:?} -> {second:?}");
+    a.close().expect("close");
+    b.close().expect("close");
+}

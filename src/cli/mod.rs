@@ -82,8 +82,8 @@ pub enum Command {
 /// a terminal) and returns a handle that changes the filter at runtime.
 pub fn init_logging(level: &str) -> netbird_agent::daemon::LogControl {
     use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(filter_directives(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter_directives("info")));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -94,9 +94,23 @@ pub fn init_logging(level: &str) -> netbird_agent::daemon::LogControl {
         .with(fmt)
         .try_init();
     std::sync::Arc::new(move |lvl: &str| {
-        let f = tracing_subscriber::EnvFilter::try_new(lvl).map_err(|e| e.to_string())?;
+        let f = tracing_subscriber::EnvFilter::try_new(filter_directives(lvl))
+            .map_err(|e| e.to_string())?;
         handle.reload(f).map_err(|e| e.to_string())
     })
+}
+
+/// The tracing filter for a log level. boringtun warns on every handshake retry
+/// (`HANDSHAKE(REKEY_TIMEOUT)` every 5 s for each unreachable peer), which floods the journal,
+/// so below `trace` only its errors are kept (upstream's WireGuard is equally quiet). A
+/// filter that already names targets is used as given.
+fn filter_directives(level: &str) -> String {
+    let level = level.trim();
+    if level.contains('=') || level.eq_ignore_ascii_case("trace") {
+        level.to_string()
+    } else {
+        format!("{level},boringtun=error")
+    }
 }
 
 /// Runs the parsed command and maps its result to an exit code.
@@ -123,5 +137,24 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Testbed(a) => testbed::run(a),
         #[cfg(feature = "testbed")]
         Command::Lab(a) => lab::run(a),
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::filter_directives;
+
+    #[test]
+    fn boringtun_is_quiet_unless_asked_for() {
+        assert_eq!(filter_directives("info"), "info,boringtun=error");
+        assert_eq!(filter_directives("debug"), "debug,boringtun=error");
+        assert_eq!(filter_directives("trace"), "trace");
+        assert_eq!(
+            filter_directives("info,boringtun=debug"),
+            "info,boringtun=debug"
+        );
+        for l in ["info", "warn", "debug", "trace", "info,netbird_agent=debug"] {
+            assert!(tracing_subscriber::EnvFilter::try_new(filter_directives(l)).is_ok());
+        }
     }
 }

@@ -35,6 +35,10 @@ pub trait DataPlane: Send {
     fn kernel_interface(&self) -> bool {
         false
     }
+    /// Notified when peer connection states change, for an immediate status refresh.
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
     /// The UDP port WireGuard really listens on (a random one when the configured port was
     /// busy); `None` when there is no interface.
     fn listen_port(&self) -> Option<u16> {
@@ -201,6 +205,9 @@ fn refresh_status(snap: &mut StatusSnapshot, engine: &Engine, dp: Option<&dyn Da
     }
     snap.session_expires_at = engine.session_expires_at().and_then(to_system_time);
 }
+
+/// Shortest gap between two status refreshes triggered by connection changes.
+const STATUS_REFRESH_MIN_GAP: Duration = Duration::from_millis(100);
 
 /// Outcome of one login attempt inside the loop.
 enum LoginStep {
@@ -379,6 +386,9 @@ async fn run_session(
         mstate_tx,
     ));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut conn_changes = dp.changes();
+    let mut last_refresh = tokio::time::Instant::now();
+    let mut refresh_due: Option<tokio::time::Instant> = None;
     let mut last_checks: Vec<String> = engine.checks().to_vec();
     let end = loop {
         tokio::select! {
@@ -458,7 +468,33 @@ async fn run_session(
                     SyncOutcome::RestartRequired => break SessionEnd::Restart,
                 }
             }
+            changed = async {
+                match conn_changes.as_mut() {
+                    Some(w) => w.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if !changed {
+                    conn_changes = None;
+                } else if refresh_due.is_none() {
+                    // A connection came up or went down: show it soon, at most ten times
+                    // a second, so bursts on large maps do not rebuild the status each time.
+                    refresh_due = Some(last_refresh + STATUS_REFRESH_MIN_GAP);
+                }
+            }
+            _ = async {
+                match refresh_due {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                refresh_due = None;
+                last_refresh = tokio::time::Instant::now();
+                status.send_modify(|s| refresh_status(s, engine, Some(&*dp)));
+            }
             _ = tick.tick() => {
+                refresh_due = None;
+                last_refresh = tokio::time::Instant::now();
                 status.send_modify(|s| refresh_status(s, engine, Some(&*dp)));
             }
         }

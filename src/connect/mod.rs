@@ -152,6 +152,8 @@ enum Event {
 struct Shared {
     peers: HashMap<PublicKey, PeerConnInfo>,
     services: ServicesStatus,
+    /// Bumped whenever what `status` shows of a peer changes (path, pair, idle).
+    changes: Option<watch::Sender<u64>>,
 }
 
 /// Handle to the connectivity task.
@@ -165,9 +167,22 @@ impl ConnManager {
     /// Starts the task for our key and WireGuard port, driving `device`.
     pub fn start(key: PrivateKey, wg_port: u16, device: Arc<dyn TunnelDevice>) -> ConnManager {
         let (cmds, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let (changes, _) = watch::channel(0);
+        let shared = Arc::new(Mutex::new(Shared {
+            changes: Some(changes),
+            ..Shared::default()
+        }));
         let task = tokio::spawn(run(key, wg_port, device, rx, shared.clone()));
         ConnManager { cmds, shared, task }
+    }
+
+    /// Changes whenever a peer's connection state as `status` shows it changes, so status can
+    /// be refreshed at once instead of on its next tick.
+    pub fn changes(&self) -> Option<watch::Receiver<u64>> {
+        self.shared
+            .lock()
+            .ok()
+            .and_then(|s| s.changes.as_ref().map(|c| c.subscribe()))
     }
 
     /// The peers to connect to (full list; others are dropped).
@@ -403,7 +418,7 @@ impl State {
         let info = slot.conn.info();
         let since = SystemTime::now() - info.since.elapsed();
         if let Ok(mut s) = self.shared.lock() {
-            s.peers.insert(
+            let old = s.peers.insert(
                 *key,
                 PeerConnInfo {
                     path: info.path,
@@ -423,6 +438,17 @@ impl State {
                     idle: info.idle,
                 },
             );
+            let visible =
+                |p: &PeerConnInfo| (p.path, p.relay_address.clone(), p.ice_pair.clone(), p.idle);
+            let changed = match (&old, s.peers.get(key)) {
+                (Some(a), Some(b)) => visible(a) != visible(b),
+                _ => true,
+            };
+            if changed {
+                if let Some(c) = &s.changes {
+                    c.send_modify(|v| *v = v.wrapping_add(1));
+                }
+            }
         }
     }
 

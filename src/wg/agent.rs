@@ -143,6 +143,8 @@ pub struct UserspaceDataPlane {
     address: Option<IpNet>,
     mtu: Option<u16>,
     psk: Option<[u8; 32]>,
+    /// The online peers of the last applied map.
+    online: std::collections::HashSet<PublicKey>,
 }
 
 impl UserspaceDataPlane {
@@ -198,6 +200,7 @@ impl UserspaceDataPlane {
             address: None,
             mtu: cfg.mtu,
             psk,
+            online: Default::default(),
         })
     }
 }
@@ -238,6 +241,7 @@ impl DataPlane for UserspaceDataPlane {
         for k in &diff.peers_removed {
             TunnelDevice::remove_peer(self.device.as_ref(), k);
         }
+        self.online = state.peers.keys().copied().collect();
         let mut errors = Vec::new();
         for p in state.peers.values() {
             if let Err(e) = TunnelDevice::upsert_peer(
@@ -271,6 +275,11 @@ impl DataPlane for UserspaceDataPlane {
         let Some(conn) = &self.conn else { return };
         let stats = self.device.state().map(|s| s.peers).unwrap_or_default();
         for p in peers.iter_mut() {
+            // Every online peer of the map is being connected; one the connectivity task has
+            // not taken up yet is Connecting too (offline and sleeping peers stay Idle).
+            if self.online.contains(&p.key) {
+                p.conn_status = ConnStatus::Connecting;
+            }
             if let Some(info) = conn.peer_info(&p.key) {
                 p.conn_status = if info.idle {
                     ConnStatus::Idle
@@ -314,6 +323,10 @@ impl DataPlane for UserspaceDataPlane {
             line(s.signal).unwrap_or_default(),
             line(s.relay).into_iter().collect(),
         )
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.conn.as_ref().and_then(|c| c.changes())
     }
 
     fn listen_port(&self) -> Option<u16> {

@@ -136,7 +136,8 @@ enum Command {
 
 enum Event {
     HomeRelay(Result<RelayClient, String>),
-    RelayOpened(PublicKey, String, RelayConn),
+    /// A relayed conn is open, on this relay instance and client (kept alive by the slot).
+    RelayOpened(PublicKey, String, RelayConn, Arc<RelayClient>),
     RelayFailed(PublicKey, String),
     RelayClosed(PublicKey),
     /// STUN server names resolved, for the URI list they came from.
@@ -246,6 +247,9 @@ struct Slot {
     relay_path: Option<WgPath>,
     /// Whether WireGuard currently has a path to the peer.
     has_path: bool,
+    /// The relay client the peer's relayed conn lives on: dropping the last handle to a
+    /// foreign relay's client closes that connection, so the slot holds one.
+    relay_client: Option<Arc<RelayClient>>,
     /// TURN allocation of the current ICE session, if TURN is gathered.
     turn: Option<turn::TurnHandle>,
     relay_task: Option<JoinHandle<()>>,
@@ -482,6 +486,7 @@ impl State {
                         }
                         slot.relay_url = None;
                         slot.relay_path = None;
+                        slot.relay_client = None;
                     }
                 }
                 Effect::SetPath(None) => {
@@ -556,7 +561,8 @@ impl State {
             };
             match client.open(&key).await {
                 Ok(conn) => {
-                    let _ = events.send(Event::RelayOpened(key, client.instance_url(), conn));
+                    let url = client.instance_url();
+                    let _ = events.send(Event::RelayOpened(key, url, conn, client));
                 }
                 Err(e) => {
                     let _ = events.send(Event::RelayFailed(key, e.to_string()));
@@ -565,7 +571,21 @@ impl State {
         });
     }
 
-    fn on_relay_opened(&mut self, key: PublicKey, url: String, conn: RelayConn) {
+    fn on_relay_opened(
+        &mut self,
+        key: PublicKey,
+        url: String,
+        conn: RelayConn,
+        client: Arc<RelayClient>,
+    ) {
+        let is_home = self.home.as_ref().is_some_and(|h| Arc::ptr_eq(h, &client));
+        if !is_home {
+            // A foreign relay (the controller's home): shared by every peer that meets there,
+            // closed once none does (see `prune_foreign_relays`).
+            self.foreign
+                .entry(url.clone())
+                .or_insert_with(|| client.clone());
+        }
         let now = Instant::now();
         let Some(slot) = self.peers.get_mut(&key) else {
             return;
@@ -593,6 +613,7 @@ impl State {
             t.abort();
         }
         slot.relay_url = Some(url);
+        slot.relay_client = Some(client);
         slot.relay_path = Some(WgPath::Custom(Arc::new(move |d: &[u8]| {
             let _ = tx.try_send(d.to_vec());
         })));
@@ -669,6 +690,7 @@ impl State {
                         relay_url: None,
                         relay_path: None,
                         has_path: false,
+                        relay_client: None,
                         turn: None,
                         relay_task: None,
                         ice: None,
@@ -1136,7 +1158,9 @@ impl State {
                     self.stun_next = Instant::now();
                 }
             }
-            Event::RelayOpened(k, url, conn) => self.on_relay_opened(k, url, conn),
+            Event::RelayOpened(k, url, conn, client) => {
+                self.on_relay_opened(k, url, conn, client)
+            }
             Event::RelayFailed(k, e) => {
                 tracing::debug!(peer = %k, "relayed connection failed: {e}");
                 if let Some(slot) = self.peers.get_mut(&k) {
@@ -1149,6 +1173,7 @@ impl State {
                 if let Some(slot) = self.peers.get_mut(&k) {
                     slot.relay_url = None;
                     slot.relay_path = None;
+                    slot.relay_client = None;
                     slot.conn.on_relay_lost(Instant::now());
                 }
                 self.run_effects(k);
@@ -1172,6 +1197,17 @@ impl State {
             }
         }
         self.publish_services();
+    }
+
+    /// Closes connections to foreign relays no peer meets on any more.
+    fn prune_foreign_relays(&mut self) {
+        self.foreign.retain(|url, client| {
+            let used = Arc::strong_count(client) > 1;
+            if !used {
+                tracing::debug!(relay = %url, "closing the unused foreign relay connection");
+            }
+            used
+        });
     }
 
     /// Refreshes the signal and relay lines of `status`.
@@ -1314,7 +1350,10 @@ async fn run(
                     signal_status = None;
                 }
             }
-            _ = tokio::time::sleep_until(deadline.into()) => st.publish_services(),
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                st.prune_foreign_relays();
+                st.publish_services();
+            }
         }
         // Whatever happened, let timers, ICE agents and guards act on it at once: an answer
         // or a check response must not wait for a periodic tick.

@@ -175,8 +175,8 @@ async fn peers_with_different_home_relays_meet_on_the_controllers() {
     );
     let a = ConnManager::start(ka.clone(), 51820, da.clone());
     let b = ConnManager::start(kb.clone(), 51820, db.clone());
-    a.set_services(services(&relay1.instance_url()));
-    b.set_services(services(&relay2.instance_url()));
+    a.set_services(services(relay1.instance_url()));
+    b.set_services(services(relay2.instance_url()));
     a.set_peers(vec![(
         kb.public_key(),
         vec!["100.64.0.2/32".parse().unwrap()],

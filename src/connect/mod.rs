@@ -1158,9 +1158,7 @@ impl State {
                     self.stun_next = Instant::now();
                 }
             }
-            Event::RelayOpened(k, url, conn, client) => {
-                self.on_relay_opened(k, url, conn, client)
-            }
+            Event::RelayOpened(k, url, conn, client) => self.on_relay_opened(k, url, conn, client),
             Event::RelayFailed(k, e) => {
                 tracing::debug!(peer = %k, "relayed connection failed: {e}");
                 if let Some(slot) = self.peers.get_mut(&k) {

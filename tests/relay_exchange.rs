@@ -368,3 +368,33 @@ async fn server_refuses_bad_paths_and_bad_frames() {
     .await
     .expect("closed peer still registered");
 }
+
+#[tokio::test]
+async fn a_rotated_token_is_used_for_the_next_reconnect() {
+    let mut srv = server().await;
+    let short = |key: PublicKey| {
+        let mut c = config(&srv);
+        c.token = relay_server::mint_token(SECRET, Duration::from_secs(1));
+        async move { RelayClient::connect(c, &key).await.unwrap() }
+    };
+    let rotated = short(PrivateKey::generate().public_key()).await;
+    let stale = short(PrivateKey::generate().public_key()).await;
+    // Management sends fresh credentials; only one client gets them.
+    rotated.update_token(relay_server::mint_token(SECRET, Duration::from_secs(3600)));
+    // Let the first token expire, then drop every connection.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    srv.restart().await.unwrap();
+    let mut st = rotated.status();
+    timeout(
+        WAIT,
+        st.wait_for(|s| s.connects >= 2 && s.state == RelayState::Connected),
+    )
+    .await
+    .expect("the client with the rotated token reconnects")
+    .unwrap();
+    // The other one keeps failing with its expired token.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let s = stale.status().borrow().clone();
+    assert_eq!(s.connects, 1, "{s:?}");
+    assert_ne!(s.state, RelayState::Connected);
+}

@@ -1096,6 +1096,10 @@ impl State {
                     .map(|(u, _)| u != &urls)
                     .unwrap_or(true);
                 self.relay_cfg = Some((urls.clone(), token.clone()));
+                // Rotated credentials: running clients reconnect with them.
+                for client in self.home.iter().chain(self.foreign.values()) {
+                    client.update_token(token.clone());
+                }
                 if changed && !self.home_connecting {
                     self.home_connecting = true;
                     let events = self.events.clone();

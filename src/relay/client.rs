@@ -176,6 +176,8 @@ enum Cmd {
 /// A connection to one relay server.
 pub struct RelayClient {
     own: PeerId,
+    /// The credentials the next reconnect authenticates with (management rotates them).
+    token: Arc<std::sync::Mutex<RelayToken>>,
     cmd: mpsc::UnboundedSender<Cmd>,
     status: watch::Receiver<RelayStatus>,
     task: Option<JoinHandle<()>>,
@@ -197,9 +199,19 @@ impl RelayClient {
             last_error: None,
         });
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(config, own_id, ws, cmd_tx.clone(), cmd_rx, status_tx));
+        let token = Arc::new(std::sync::Mutex::new(config.token.clone()));
+        let task = tokio::spawn(run(
+            config,
+            token.clone(),
+            own_id,
+            ws,
+            cmd_tx.clone(),
+            cmd_rx,
+            status_tx,
+        ));
         Ok(RelayClient {
             own: own_id,
+            token,
             cmd: cmd_tx,
             status: status_rx,
             task: Some(task),
@@ -236,6 +248,13 @@ impl RelayClient {
             }
         }
         Err(last)
+    }
+
+    /// New credentials from management (relay tokens expire): the next reconnect uses them.
+    pub fn update_token(&self, token: RelayToken) {
+        if let Ok(mut t) = self.token.lock() {
+            *t = token;
+        }
     }
 
     /// The server's instance URL (from the latest auth response): advertise this in offers.
@@ -480,6 +499,7 @@ struct Session {
 /// The connection task: sessions and reconnects.
 async fn run(
     mut config: RelayConfig,
+    token: Arc<std::sync::Mutex<RelayToken>>,
     own: PeerId,
     first: Ws,
     cmd_tx: mpsc::UnboundedSender<Cmd>,
@@ -528,6 +548,9 @@ async fn run(
             }
         }
         status.send_modify(|s| s.state = RelayState::Connecting);
+        if let Ok(t) = token.lock() {
+            config.token = t.clone();
+        }
         match dial(&config, &own).await {
             Ok((socket, url, ip)) => {
                 tracing::info!("reconnected to relay");
